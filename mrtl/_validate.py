@@ -165,6 +165,10 @@ def check_mask(mask, name: str, shape: Sequence[int] | None = None) -> torch.Ten
             raise ValueError(f"{name}: expected a boolean or 0/1 mask, got other values ({_describe(mask)})")
         mask = mask != 0
     if shape is not None:
+        if mask.ndim > len(shape):
+            raise ValueError(
+                f"{name}: mask of shape {tuple(mask.shape)} has more dimensions than the data {tuple(shape)}"
+            )
         try:
             torch.broadcast_shapes(tuple(mask.shape), tuple(shape))
         except RuntimeError:
@@ -183,6 +187,11 @@ def check_mask(mask, name: str, shape: Sequence[int] | None = None) -> torch.Ten
 def check_choice(x, name: str, choices: Iterable) -> object:
     """Validate that ``x`` is one of ``choices``."""
     choices = tuple(choices)
-    if x not in choices:
+    def same(a, b) -> bool:
+        if isinstance(a, bool) != isinstance(b, bool):
+            return False
+        return a is b or a == b
+
+    if isinstance(x, (torch.Tensor, np.ndarray)) or not any(same(x, c) for c in choices):
         raise ValueError(f"{name}: expected one of {choices}, got {x!r}")
     return x

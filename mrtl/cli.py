@@ -14,7 +14,7 @@ import sys
 from . import __version__
 
 # Modules that contribute subcommands, each with ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("mrtl.experiments.cli", "mrtl.data.cli", "mrtl.train_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,379 @@
+"""Loaders for data sets that users download themselves (nothing here downloads anything).
+
+- :class:`PhotoFolder`: JPEG/PNG photos (ImageNet val, DIV2K, BSDS...), L channel of LAB.
+- :class:`NiftiFolder`: NIfTI volumes (IXI names understood), axial slices with enough tissue.
+- :class:`FastMRIFolder`: fastMRI multi-coil HDF5 (``kspace`` of shape (slices, coils, H, W)).
+
+A missing path raises ``FileNotFoundError`` that says what to download and where to put it;
+unreadable, empty or wrong-shaped files raise ``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .._validate import check_choice, check_float, check_int, check_shape2d
+from ..fft import fft2c, ifft2c
+from .sources import ImageRecord
+
+__all__ = ["PhotoFolder", "NiftiFolder", "FastMRIFolder", "CoilRecord", "parse_ixi_name", "crop_or_pad"]
+
+_PHOTO_EXT = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG")
+_IXI = re.compile(r"^(IXI\d+)-([A-Za-z]+)-(\d+)-(T1|T2|PD|MRA|DTI)(?:[-_.].*)?$")
+
+
+def _missing(root: Path, what: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{root}: no such folder. {what}")
+
+
+_PHOTO_HELP = (
+    "Download a photo collection yourself (e.g. the ImageNet ILSVRC validation set from image-net.org, "
+    "DIV2K from data.vision.ee.ethz.ch/cvl/DIV2K, or BSDS500) and pass the folder holding the "
+    "JPEG/PNG files (searched recursively), e.g. PhotoFolder('~/data/imagenet/val'). "
+    "For a small offline set use mrtl.data.bundled('natural')."
+)
+_NIFTI_HELP = (
+    "Download MR volumes yourself, e.g. IXI (T1/T2/PD NIfTI, brain-development.org/ixi-dataset: "
+    "IXI-T1.tar, IXI-T2.tar, IXI-PD.tar), unpack them into one folder (files like "
+    "IXI002-Guys-0828-T2.nii.gz) and pass that folder, e.g. NiftiFolder('~/data/IXI-T2'). "
+    "For a small offline set use mrtl.data.bundled('t1')."
+)
+_FASTMRI_HELP = (
+    "Download fastMRI multi-coil data yourself (fastmri.med.nyu.edu, e.g. brain_multicoil_val), "
+    "unpack the .h5 files into one folder and pass it, e.g. FastMRIFolder('~/data/fastmri/multicoil_val')."
+)
+
+
+def crop_or_pad(img: torch.Tensor, size) -> torch.Tensor:
+    """Centre-crop or zero-pad the last two axes of ``img`` to ``size``."""
+    H, W = check_shape2d(size, "size")
+    h, w = img.shape[-2:]
+    if h >= H:
+        t = (h - H) // 2
+        img = img[..., t : t + H, :]
+    else:
+        p = H - h
+        img = torch.nn.functional.pad(img, (0, 0, p // 2, p - p // 2))
+    if w >= W:
+        l = (w - W) // 2
+        img = img[..., :, l : l + W]
+    else:
+        p = W - w
+        img = torch.nn.functional.pad(img, (p // 2, p - p // 2))
+    return img
+
+
+def parse_ixi_name(name: str) -> tuple[str, str] | None:
+    """``"IXI002-Guys-0828-T2.nii.gz"`` -> ``("IXI002", "T2")``; None for a non-IXI name."""
+    stem = Path(name).name
+    for ext in (".nii.gz", ".nii"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+    m = _IXI.match(stem)
+    return (m.group(1), m.group(4)) if m else None
+
+
+class PhotoFolder(torch.utils.data.Dataset):
+    """A folder of JPEG/PNG photos, converted to the L channel of LAB (paper, Methods).
+
+    Args:
+        root: folder; searched recursively unless ``recursive=False``.
+        size: output side (int or (H, W)); photos are centre-cropped or zero-padded to it.
+        recursive: search subfolders.
+
+    Each photo is one subject (its path relative to ``root``). Images are float32 in [0, 1]
+    (L / 100).
+    """
+
+    def __init__(self, root, size=256, recursive: bool = True):
+        self.root = Path(os.path.expanduser(str(root)))
+        if not self.root.is_dir():
+            raise _missing(self.root, _PHOTO_HELP)
+        self.size = check_shape2d(size, "size")
+        it = self.root.rglob("*") if recursive else self.root.glob("*")
+        self.files = sorted(p for p in it if p.is_file() and p.suffix in _PHOTO_EXT)
+        if not self.files:
+            raise FileNotFoundError(f"{self.root}: no .jpg/.jpeg/.png files found{' (searched recursively)' if recursive else ''}. {_PHOTO_HELP}")
+        self.subjects = [str(p.relative_to(self.root)) for p in self.files]
+        self.domain = "natural"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> ImageRecord:
+        from PIL import Image, UnidentifiedImageError
+        from skimage.color import rgb2lab
+
+        i = _index(i, len(self))
+        f = self.files[i]
+        try:
+            with Image.open(f) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ValueError(f"{f}: cannot read this image file ({e})") from e
+        if rgb.size == 0 or min(rgb.shape[:2]) < 1:
+            raise ValueError(f"{f}: empty image")
+        L = rgb2lab(rgb)[..., 0].astype(np.float32) / 100.0
+        img = crop_or_pad(torch.from_numpy(L), self.size)
+        return ImageRecord(img, self.subjects[i], str(f), i, False)
+
+
+def _index(i, n: int) -> int:
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"index: expected an integer, got {type(i).__name__}")
+    if i < -n or i >= n:
+        raise IndexError(f"index {i} out of range for {n} items")
+    return int(i) % n
+
+
+def _load_nifti(f: Path) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(f))
+        img = nib.as_closest_canonical(img)  # RAS: axis 2 is inferior -> superior
+        vol = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # nibabel raises many types for broken files
+        raise ValueError(f"{f}: cannot read this NIfTI file ({type(e).__name__}: {e})") from e
+    if vol.ndim == 4 and vol.shape[3] == 1:
+        vol = vol[..., 0]
+    if vol.ndim != 3 or min(vol.shape) < 1:
+        raise ValueError(f"{f}: expected a 3D volume, got shape {vol.shape}")
+    if not np.isfinite(vol).all():
+        raise ValueError(f"{f}: the volume contains NaN/Inf values")
+    return vol
+
+
+class NiftiFolder(torch.utils.data.Dataset):
+    """Axial slices with enough tissue from a folder of NIfTI volumes.
+
+    IXI names are understood (``IXI002-Guys-0828-T2.nii.gz`` -> subject ``"IXI002"``, contrast
+    ``"T2"``); any other ``*.nii`` / ``*.nii.gz`` is one subject named after the file stem.
+
+    Args:
+        root: folder (searched recursively).
+        size: output side; slices (anterior up) are centre-cropped or zero-padded to it.
+        min_tissue_fraction: keep a slice when at least this fraction of its pixels are above
+            10% of the volume's 99th percentile.
+        contrast: keep only IXI files of this contrast (``"T1"``, ``"T2"``, ``"PD"``); None keeps all.
+
+    Volumes are scanned once at construction (to find the slices) and read again lazily; each
+    image is in storage scale divided by the volume's 99.9th percentile.
+    """
+
+    def __init__(self, root, size=256, min_tissue_fraction: float = 0.15, contrast: str | None = None):
+        self.root = Path(os.path.expanduser(str(root)))
+        if not self.root.is_dir():
+            raise _missing(self.root, _NIFTI_HELP)
+        self.size = check_shape2d(size, "size")
+        self.min_tissue_fraction = check_float(min_tissue_fraction, "min_tissue_fraction", low=0.0, high=1.0)
+        if contrast is not None:
+            check_choice(contrast, "contrast", ("T1", "T2", "PD"))
+        self.contrast = contrast
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz")))
+        entries = []
+        for f in files:
+            ixi = parse_ixi_name(f.name)
+            if ixi is not None:
+                subj, con = ixi
+                if contrast is not None and con != contrast:
+                    continue
+            else:
+                if contrast is not None:
+                    continue
+                subj, con = f.name[: -7] if f.name.endswith(".nii.gz") else f.stem, None
+            entries.append((f, subj, con))
+        if not entries:
+            what = f" of contrast {contrast}" if contrast else ""
+            raise FileNotFoundError(f"{self.root}: no .nii/.nii.gz files{what} found. {_NIFTI_HELP}")
+        self.files = [e[0] for e in entries]
+        self.contrasts = [e[2] for e in entries]
+        self._subj = [e[1] for e in entries]
+        self._slices: list[tuple[int, int]] = []
+        self._scale: list[float] = []
+        for fi, f in enumerate(self.files):
+            vol = _load_nifti(f)
+            ref = float(np.percentile(vol, 99.9))
+            if ref <= 0:
+                raise ValueError(f"{f}: the volume is empty (all values <= 0)")
+            self._scale.append(ref)
+            frac = (vol > 0.1 * float(np.percentile(vol, 99))).mean(axis=(0, 1))
+            for z in np.nonzero(frac >= self.min_tissue_fraction)[0]:
+                self._slices.append((fi, int(z)))
+        if not self._slices:
+            raise ValueError(f"{self.root}: no axial slice has a tissue fraction >= {self.min_tissue_fraction}")
+        self.subjects = list(dict.fromkeys(self._subj[fi] for fi, _ in self._slices))
+        self.domain = contrast.lower() if contrast else "mr"
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def __getitem__(self, i: int) -> ImageRecord:
+        i = _index(i, len(self))
+        fi, z = self._slices[i]
+        if self._cache is None or self._cache[0] != fi:
+            self._cache = (fi, _load_nifti(self.files[fi]))
+        vol = self._cache[1]
+        sl = np.ascontiguousarray(vol[:, :, z].T[::-1, :]) / self._scale[fi]
+        img = crop_or_pad(torch.from_numpy(sl.astype(np.float32)), self.size)
+        return ImageRecord(img, self._subj[fi], f"{self.files[fi].name} z={z}", i, False)
+
+
+class CoilRecord(NamedTuple):
+    """One multi-coil slice from :class:`FastMRIFolder`.
+
+    Attributes:
+        kspace: ``(C, H, W)`` complex64 fully sampled coil k-space (centred, as ``fft2c``).
+        coil_images: ``(C, H, W)`` complex64, ``ifft2c(kspace)``.
+        maps: ``(C, H, W)`` complex64 coil maps (ESPIRiT), or None when ``maps=None``.
+        image: ``(H, W)`` complex64 coil-combined image ``S^H x`` (root-sum-of-squares without maps).
+        subject, source, index, synthetic: as in :class:`ImageRecord`.
+    """
+
+    kspace: torch.Tensor
+    coil_images: torch.Tensor
+    maps: torch.Tensor | None
+    image: torch.Tensor
+    subject: str
+    source: str
+    index: int
+    synthetic: bool
+
+
+class FastMRIFolder(torch.utils.data.Dataset):
+    """fastMRI multi-coil HDF5 files: coil k-space, coil images and (lazily cached) coil maps.
+
+    Args:
+        root: folder with ``*.h5`` files holding ``kspace`` of shape (slices, coils, H, W)
+            (``ismrmrd_header`` and other keys are ignored).
+        n_virtual: compress to this many virtual coils (None: keep all).
+        compress_method: ``"gcc"`` or ``"svd"`` (through ``mrtl.coils.compress``; ``"svd"`` falls
+            back to a local SVD when ``mrtl.coils`` is not available).
+        maps: ``"espirit"`` to estimate coil maps (``mrtl.coils.espirit_maps``, or sigpy's
+            ``EspiritCalib`` when that is not available), or None.
+        cache_dir: folder to cache the maps in (``<file stem>_s<slice>_maps.npy``); None: no cache.
+
+    fastMRI stores k-space with the DC at the centre; ``ifft2c`` gives the coil images. The HDF5
+    files are opened only inside ``__getitem__`` (one handle per process), never before a
+    ``DataLoader`` forks its workers. Each file is one subject.
+    """
+
+    def __init__(self, root, n_virtual: int | None = None, compress_method: str = "gcc", maps: str | None = "espirit", cache_dir=None):
+        import h5py
+
+        self.root = Path(os.path.expanduser(str(root)))
+        if not self.root.is_dir():
+            raise _missing(self.root, _FASTMRI_HELP)
+        self.n_virtual = None if n_virtual is None else check_int(n_virtual, "n_virtual", low=1)
+        self.compress_method = check_choice(compress_method, "compress_method", ("gcc", "svd"))
+        self.maps = check_choice(maps, "maps", ("espirit", None))
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.files = sorted(p for p in self.root.rglob("*.h5") if p.is_file())
+        if not self.files:
+            raise FileNotFoundError(f"{self.root}: no .h5 files found. {_FASTMRI_HELP}")
+        self._slices: list[tuple[int, int]] = []
+        self.shapes = []
+        for fi, f in enumerate(self.files):  # metadata only; the handle is closed again at once
+            try:
+                with h5py.File(f, "r") as h:
+                    if "kspace" not in h:
+                        raise ValueError(f"{f}: no 'kspace' dataset (keys: {sorted(h.keys())})")
+                    shp = tuple(h["kspace"].shape)
+            except OSError as e:
+                raise ValueError(f"{f}: cannot read this HDF5 file ({e})") from e
+            if len(shp) != 4 or min(shp) < 1:
+                raise ValueError(f"{f}: expected 'kspace' of shape (slices, coils, H, W), got {shp}")
+            if self.n_virtual is not None and self.n_virtual > shp[1]:
+                raise ValueError(f"n_virtual: {self.n_virtual} is more than the {shp[1]} coils in {f}")
+            self.shapes.append(shp)
+            self._slices += [(fi, s) for s in range(shp[0])]
+        self.subjects = [f.stem for f in self.files]
+        self.domain = "fastmri"
+        self._handles: dict = {}
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def _file(self, fi: int):
+        import h5py
+
+        if self._pid != os.getpid():  # never reuse handles across a fork
+            self._handles, self._pid = {}, os.getpid()
+        if fi not in self._handles:
+            self._handles[fi] = h5py.File(self.files[fi], "r")
+        return self._handles[fi]
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_handles"], d["_pid"] = {}, None
+        return d
+
+    def _compress(self, k: torch.Tensor) -> torch.Tensor:
+        if self.n_virtual is None:
+            return k
+        try:
+            from .. import coils  # type: ignore
+
+            return coils.compress(k, self.n_virtual, method=self.compress_method)
+        except ImportError:
+            if self.compress_method == "gcc":
+                raise ImportError("compress_method='gcc' needs mrtl.coils, which is not available; use compress_method='svd'") from None
+        C = k.shape[0]
+        A = k.reshape(C, -1)
+        U, _, _ = torch.linalg.svd(A @ A.conj().T)
+        return (U[:, : self.n_virtual].conj().T @ A).reshape(self.n_virtual, *k.shape[1:])
+
+    def _maps(self, fi: int, s: int, k: torch.Tensor) -> torch.Tensor:
+        path = None
+        if self.cache_dir is not None:
+            tag = f"_v{self.n_virtual}{self.compress_method}" if self.n_virtual else ""
+            path = self.cache_dir / f"{self.files[fi].stem}_s{s}{tag}_maps.npy"
+            if path.exists():
+                return torch.from_numpy(np.load(path))
+        try:
+            from .. import coils  # type: ignore
+
+            m = coils.espirit_maps(k)
+        except ImportError:
+            import sigpy.mri
+
+            m = torch.from_numpy(np.asarray(sigpy.mri.app.EspiritCalib(k.numpy(), show_pbar=False).run()))
+        m = torch.as_tensor(m).to(torch.complex64)
+        if path is not None:
+            from ..utils import atomic_write_bytes
+            import io
+
+            buf = io.BytesIO()
+            np.save(buf, m.numpy())
+            atomic_write_bytes(path, buf.getvalue())
+        return m
+
+    def __getitem__(self, i: int) -> CoilRecord:
+        i = _index(i, len(self))
+        fi, s = self._slices[i]
+        f = self.files[fi]
+        try:
+            arr = np.asarray(self._file(fi)["kspace"][s])
+        except (OSError, KeyError) as e:
+            raise ValueError(f"{f}: cannot read slice {s} of 'kspace' ({e})") from e
+        if not np.iscomplexobj(arr):
+            raise ValueError(f"{f}: 'kspace' must be complex, got dtype {arr.dtype}")
+        k = torch.from_numpy(arr.astype(np.complex64))
+        if not bool(torch.isfinite(k).all()):
+            raise ValueError(f"{f}: slice {s} of 'kspace' contains NaN/Inf")
+        k = self._compress(k).to(torch.complex64)
+        x = ifft2c(k)
+        m = self._maps(fi, s, k) if self.maps == "espirit" else None
+        if m is not None:
+            img = (m.conj() * x).sum(0)
+        else:
+            img = (x.abs() ** 2).sum(0).sqrt().to(torch.complex64)
+        return CoilRecord(k, x, m, img, f.stem, f"{f.name} slice {s}", i, False)

@@ -1,0 +1,387 @@
+"""SPIRiT calibration, the operator G, and L1-SPIRiT by POCS (Eq. 3, 13).
+
+Kernel convention: ``kernel[c_out, c_in, dy, dx]`` (``k x k`` taps, ``r = k // 2``) and
+
+    (G y)[c_out, ky, kx] = sum_{c_in, dy, dx} kernel[c_out, c_in, dy, dx] * y[c_in, ky + dy - r, kx + dx - r]
+
+(a correlation over centred k-space). The centre tap of a coil's own kernel is zero
+(Lustig's ``calibSPIRiT``): each sample is synthesised from its neighbours in all coils and
+the other coils at the same position. In image space G is a per-pixel ``C x C`` mixing,
+``(G x)[c_out] = sum_{c_in} G_img[c_out, c_in] * x[c_in]`` (circular boundary), which is what
+the reconstructions and the networks' calibration-consistency layers apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .._validate import check_complex, check_float, check_int
+from ..fft import fft2c, ifft2c
+from ..utils import progress as _progress
+from ._common import ShiftedWavelet, check_level, finite_or_raise, prepare_kspace_mask, soft_threshold
+
+__all__ = [
+    "SpiritKernel",
+    "SpiritResult",
+    "spirit_calibrate",
+    "spirit_apply",
+    "spirit_apply_kspace",
+    "l1_spirit_pocs",
+    "default_spirit_iterations",
+    "zero_filled_sense",
+    "find_calib_size",
+]
+
+#: The paper's POCS iterations for R = 2, 4, 6, 8, 10 (interpolated linearly in between).
+PAPER_R = (2.0, 4.0, 6.0, 8.0, 10.0)
+PAPER_ITERS = (20, 30, 45, 65, 80)
+
+
+def default_spirit_iterations(acceleration: float) -> int:
+    """The paper's L1-SPIRiT iteration count for acceleration ``R``.
+
+    ``[20, 30, 45, 65, 80]`` for ``R = [2, 4, 6, 8, 10]``; linear interpolation in between,
+    clamped outside.
+    """
+    R = check_float(acceleration, "acceleration", low=1.0)
+    return int(round(float(np.interp(R, PAPER_R, PAPER_ITERS))))
+
+
+def find_calib_size(kspace: torch.Tensor) -> int:
+    """Side of the largest centred square that is sampled (non-zero in every coil) in ``kspace``.
+
+    Args:
+        kspace: ``(C, H, W)`` k-space.
+    """
+    sampled = (kspace != 0).all(dim=0)
+    H, W = sampled.shape
+    cy, cx = H // 2, W // 2
+    n = 0
+    while n + 1 <= min(H, W):
+        m = n + 1
+        y0, x0 = cy - m // 2, cx - m // 2
+        if y0 < 0 or x0 < 0 or not bool(sampled[y0 : y0 + m, x0 : x0 + m].all()):
+            break
+        n = m
+    return n
+
+
+@dataclass
+class SpiritKernel:
+    """A calibrated SPIRiT kernel.
+
+    Attributes:
+        kernel: ``(C, C, k, k)`` complex (``(B, C, C, k, k)`` when calibrated per image), see the
+            module docstring for the convention.
+        calib: side of the calibration square used.
+        tikhonov: the relative Tikhonov weight used.
+    """
+
+    kernel: torch.Tensor
+    calib: int
+    tikhonov: float
+
+    @property
+    def kernel_size(self) -> int:
+        return int(self.kernel.shape[-1])
+
+    @property
+    def n_coils(self) -> int:
+        return int(self.kernel.shape[-3])
+
+    def image_operator(self, shape) -> torch.Tensor:
+        """The image-space form of G: ``(C, C, H, W)`` (``(B, C, C, H, W)``) per-pixel mixing.
+
+        ``spirit_apply(ifft2c(y), G_img) == ifft2c(spirit_apply_kspace(y, kernel))`` (circular
+        boundary), the operator of Eq. 13.
+
+        Args:
+            shape: image shape ``(H, W)`` (at least the kernel size).
+        """
+        from .._validate import check_shape2d
+
+        H, W = check_shape2d(shape, "shape")
+        k = self.kernel_size
+        if H < k or W < k:
+            raise ValueError(f"shape: {(H, W)} is smaller than the kernel ({k} x {k})")
+        r = k // 2
+        # correlation with K == circular convolution with the flipped kernel, placed at the centre
+        big = torch.zeros(*self.kernel.shape[:-2], H, W, dtype=self.kernel.dtype, device=self.kernel.device)
+        cy, cx = H // 2, W // 2
+        big[..., cy - r : cy - r + k, cx - r : cx - r + k] = self.kernel.flip(-2, -1)
+        return ifft2c(big) * float(np.sqrt(H * W))
+
+    def to(self, device) -> "SpiritKernel":
+        return SpiritKernel(self.kernel.to(device), self.calib, self.tikhonov)
+
+
+class SpiritResult(NamedTuple):
+    """Result of :func:`l1_spirit_pocs`.
+
+    Attributes:
+        coil_images: ``(B, C, H, W)`` reconstructed coil images.
+        image: ``(B, H, W)`` coil combination with the ESPIRiT maps (``S^H x``).
+        history: ``(B, n_iter)`` calibration-consistency residual ``||(G - I) x||^2 / ||x||^2``
+            of each iterate.
+        maps: ``(B, C, H, W)`` the coil maps used.
+    """
+
+    coil_images: torch.Tensor
+    image: torch.Tensor
+    history: torch.Tensor
+    maps: torch.Tensor
+
+
+def _calibrate_one(kcal: torch.Tensor, k: int, tikhonov: float) -> torch.Tensor:
+    """Kernel (C, C, k, k) from a fully sampled calibration block (C, n, n), in float64."""
+    C = kcal.shape[0]
+    kc = kcal.to(torch.complex128)
+    patches = kc.unfold(1, k, 1).unfold(2, k, 1)  # (C, ny, nx, k, k)
+    A = patches.permute(1, 2, 0, 3, 4).reshape(-1, C * k * k)  # rows: patches, cols: (c, dy, dx)
+    AtA = A.conj().T @ A
+    n = AtA.shape[0]
+    lam = torch.linalg.matrix_norm(AtA, "fro") / n * tikhonov  # Lustig's calibrate.m
+    r = k // 2
+    kernel = torch.zeros(C, C * k * k, dtype=torch.complex128, device=kcal.device)
+    eye = torch.eye(n - 1, dtype=AtA.dtype, device=AtA.device)
+    for c in range(C):
+        idx_y = c * k * k + r * k + r
+        keep = torch.ones(n, dtype=torch.bool, device=AtA.device)
+        keep[idx_y] = False
+        M = AtA[keep][:, keep] + lam * eye
+        rhs = AtA[keep, idx_y]
+        # min ||A_s w - a_y||^2 + lam ||w||^2: the row of G for target coil c (correlation form)
+        w = torch.linalg.solve(M, rhs)
+        kernel[c, keep] = w
+    # A_s w approximates a_y with a_y[p] = sum_j A[p, j] w_j, i.e. y[q] = sum K * y[q + d]
+    return kernel.reshape(C, C, k, k).to(torch.complex64 if kcal.dtype == torch.complex64 else kcal.dtype)
+
+
+def spirit_calibrate(kspace, kernel_size: int = 7, tikhonov: float = 1e-2, calib: int | None = None) -> SpiritKernel:
+    """Calibrate the SPIRiT kernel (Eq. 3) from the fully sampled centre of k-space.
+
+    Tikhonov-regularised least squares as in Lustig's ``calibSPIRiT``: the calibration
+    matrix ``A`` (one row per ``k x k`` patch of all coils), ``lam = tikhonov * ||A^H A||_F / n``
+    (``n = C k^2``), and for each coil the solution of ``(A_s^H A_s + lam I) w = A_s^H a``,
+    where ``a`` is the coil's centre tap and ``A_s`` every other column.
+
+    Args:
+        kspace: ``(C, H, W)`` (or ``(B, C, H, W)``, one kernel per image) complex k-space,
+            centred; the central ``calib x calib`` square must be sampled.
+        kernel_size: kernel width ``k`` (odd; the paper: 7).
+        tikhonov: relative Tikhonov weight (the paper: 1e-2).
+        calib: side of the calibration square; None finds the largest fully sampled centred
+            square.
+
+    Returns:
+        :class:`SpiritKernel`.
+
+    Raises:
+        ValueError: an even kernel size, or a calibration region not larger than the kernel.
+    """
+    kspace = check_complex(kspace, "kspace", ndim=(3, 4))
+    kernel_size = check_int(kernel_size, "kernel_size", low=1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size: expected an odd kernel width, got {kernel_size}")
+    tikhonov = check_float(tikhonov, "tikhonov", low=0.0)
+    batched = kspace.ndim == 4
+    ks = kspace if batched else kspace[None]
+    H, W = ks.shape[-2:]
+    kernels = []
+    used = []
+    for b in range(ks.shape[0]):
+        c = find_calib_size(ks[b]) if calib is None else check_int(calib, "calib", low=1, high=min(H, W))
+        if c <= kernel_size:
+            raise ValueError(
+                f"calib: the calibration region ({c} x {c}) must be larger than the kernel "
+                f"({kernel_size} x {kernel_size}); sample a larger fully sampled centre or use a smaller kernel_size"
+            )
+        y0, x0 = H // 2 - c // 2, W // 2 - c // 2
+        block = ks[b, :, y0 : y0 + c, x0 : x0 + c]
+        if bool((block == 0).all(dim=0).any()):
+            raise ValueError(f"calib: the central {c} x {c} calibration square is not fully sampled")
+        kernels.append(_calibrate_one(block, kernel_size, tikhonov))
+        used.append(c)
+    kern = torch.stack(kernels) if batched else kernels[0]
+    return SpiritKernel(kern, min(used), tikhonov)
+
+
+def spirit_apply(coil_images: torch.Tensor, G_img: torch.Tensor) -> torch.Tensor:
+    """Apply G in image space: ``(G x)[c] = sum_j G_img[c, j] * x[j]`` per pixel (Eq. 13).
+
+    Args:
+        coil_images: ``(..., C, H, W)`` complex coil images.
+        G_img: ``(C, C, H, W)`` or ``(B, C, C, H, W)`` from :meth:`SpiritKernel.image_operator`.
+
+    Returns:
+        ``(..., C, H, W)``.
+    """
+    if G_img.shape[-3] != coil_images.shape[-3]:
+        raise ValueError(
+            f"G_img: built for {G_img.shape[-3]} coils but coil_images has {coil_images.shape[-3]} (shape {tuple(coil_images.shape)})"
+        )
+    return (G_img * coil_images.unsqueeze(-4)).sum(dim=-3)
+
+
+def spirit_apply_kspace(kspace: torch.Tensor, kernel: torch.Tensor, padding: str = "circular") -> torch.Tensor:
+    """Apply G in k-space as a correlation with the kernel (the definition of G).
+
+    Args:
+        kspace: ``(C, H, W)`` or ``(B, C, H, W)`` complex.
+        kernel: ``(C, C, k, k)``.
+        padding: ``"circular"`` (matches the image-space form exactly) or ``"zeros"``.
+
+    Returns:
+        The same shape as ``kspace``.
+    """
+    import torch.nn.functional as F
+
+    batched = kspace.ndim == 4
+    y = kspace if batched else kspace[None]
+    r = kernel.shape[-1] // 2
+    mode = {"circular": "circular", "zeros": "constant"}[padding]
+    yp = F.pad(torch.view_as_real(y).permute(0, 4, 1, 2, 3).reshape(y.shape[0], -1, *y.shape[-2:]), (r, r, r, r), mode=mode)
+    C = y.shape[1]
+    yp = yp.reshape(y.shape[0], 2, C, yp.shape[-2], yp.shape[-1])
+    re, im = yp[:, 0], yp[:, 1]
+    kr, ki = kernel.real.to(re.dtype), kernel.imag.to(re.dtype)
+    out_r = F.conv2d(re, kr) - F.conv2d(im, ki)
+    out_i = F.conv2d(re, ki) + F.conv2d(im, kr)
+    out = torch.complex(out_r, out_i)
+    return out if batched else out[0]
+
+
+def zero_filled_sense(kspace, mask, maps) -> torch.Tensor:
+    """Zero-filled SENSE combination ``S^H F^H M y`` (the multi-coil baseline).
+
+    Args:
+        kspace: ``(B, C, H, W)`` or ``(C, H, W)`` complex k-space.
+        mask: ``(H, W)`` or ``(B, H, W)``.
+        maps: ``(C, H, W)`` or ``(B, C, H, W)`` coil maps.
+
+    Returns:
+        ``(B, H, W)`` or ``(H, W)`` complex image.
+    """
+    y, m, batched = prepare_kspace_mask(kspace, mask, coil_dim=True)
+    maps = _check_maps(maps, y)
+    img = _coil_combine(ifft2c(y * m), maps)
+    return img if batched else img[0]
+
+
+def _check_maps(maps, y: torch.Tensor) -> torch.Tensor:
+    maps = check_complex(maps, "maps", ndim=(3, 4))
+    if maps.shape[-3] != y.shape[1]:
+        raise ValueError(f"maps: {maps.shape[-3]} coils, but the k-space has {y.shape[1]} coils (shape {tuple(y.shape)})")
+    if tuple(maps.shape[-2:]) != tuple(y.shape[-2:]):
+        raise ValueError(f"maps: image size {tuple(maps.shape[-2:])} differs from the k-space's {tuple(y.shape[-2:])}")
+    if maps.ndim == 4 and maps.shape[0] not in (1, y.shape[0]):
+        raise ValueError(f"maps: batch size {maps.shape[0]} does not match the k-space batch size {y.shape[0]}")
+    maps = maps.to(device=y.device, dtype=y.dtype)
+    return maps if maps.ndim == 4 else maps[None]
+
+
+def _coil_combine(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    try:
+        from ..linops import coil_combine
+    except ImportError:  # pragma: no cover - mrtl.linops is part of the package
+        return (maps.conj() * x).sum(dim=-3)
+    return coil_combine(x, maps)
+
+
+@torch.no_grad()
+def l1_spirit_pocs(
+    kspace,
+    mask,
+    kernel: SpiritKernel | None = None,
+    lam: float = 1e-3,
+    n_iter: int | None = None,
+    wavelet: str = "db4",
+    maps=None,
+    calib: int | None = None,
+    level: int | None = None,
+    progress: bool = False,
+) -> SpiritResult:
+    """L1-SPIRiT by projection onto convex sets (Eq. 3), as Lustig's ``pocsSPIRiT``.
+
+    Each iteration applies, to all coil images at once:
+    1. the calibration-consistency projection ``x <- G x`` (image-space G, Eq. 13);
+    2. wavelet soft-thresholding with joint sparsity across coils (the threshold acts on the
+       root-sum-of-squares of each wavelet coefficient over coils, as in ``pocsSPIRiT``), at
+       ``lam * s_b`` with ``s_b`` the peak of the zero-filled root-sum-of-squares image (the
+       same relative scaling as :func:`mrtl.recon.cs_l1_wavelet`);
+    3. the data-consistency projection (sampled k-space reset to the measured data).
+
+    Args:
+        kspace: ``(B, C, H, W)`` or ``(C, H, W)`` undersampled k-space (centred), with a fully
+            sampled calibration square at the centre.
+        mask: ``(H, W)`` or ``(B, H, W)``.
+        kernel: a :class:`SpiritKernel` (``(C, C, k, k)`` shared by the batch or
+            ``(B, C, C, k, k)``); None calibrates one per image with the paper's settings
+            (7 x 7, Tikhonov 1e-2).
+        lam: relative L1 weight (the paper: 1e-3); 0 gives plain POCS SPIRiT.
+        n_iter: iterations; None uses the paper's schedule for the mask's acceleration
+            (:func:`default_spirit_iterations`).
+        wavelet: wavelet name (``"db4"``).
+        maps: ``(C, H, W)`` or ``(B, C, H, W)`` coil maps for the final combination; None
+            estimates ESPIRiT maps from the data (:func:`mrtl.coils.espirit_maps`).
+        calib: calibration square side for the kernel / maps (None: detected).
+        level: wavelet levels (None: maximum).
+        progress: progress bar.
+
+    Returns:
+        :class:`SpiritResult`.
+    """
+    y, m, batched = prepare_kspace_mask(kspace, mask, coil_dim=True)
+    lam = check_float(lam, "lam", low=0.0)
+    B, C, H, W = y.shape
+    check_level(y.shape, wavelet, level)
+    if n_iter is None:
+        R = float(H * W * m.shape[0]) / float(m.sum())
+        n_iter = default_spirit_iterations(R)
+    n_iter = check_int(n_iter, "n_iter", low=1)
+    y = y * m
+    if kernel is None:
+        kernel = spirit_calibrate(y, calib=calib)
+    if not isinstance(kernel, SpiritKernel):
+        raise TypeError(f"kernel: expected a SpiritKernel (from spirit_calibrate) or None, got {type(kernel).__name__}")
+    if kernel.n_coils != C:
+        raise ValueError(f"kernel: calibrated for {kernel.n_coils} coils, but the k-space has {C} coils")
+    G = kernel.to(y.device).image_operator((H, W)).to(y.dtype)
+    if maps is None:
+        from ..coils import espirit_maps
+
+        c = kernel.calib if calib is None else calib
+        maps = espirit_maps(y, calib=min(24, c))
+    maps = _check_maps(maps, y)
+    x = ifft2c(y)
+    s = torch.sqrt((x.abs() ** 2).sum(dim=1)).amax(dim=(-2, -1))
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    thr = (lam * s).to(x.real.dtype)[:, None, None, None]
+    wav = ShiftedWavelet((H, W), wavelet, level, y.device, 0)
+    hist = torch.empty(B, n_iter, dtype=torch.float64, device=y.device)
+    for it in _progress(range(n_iter), desc="L1-SPIRiT (POCS)", total=n_iter, enable=progress):
+        gx = spirit_apply(x, G)
+        if it > 0:
+            hist[:, it - 1] = _rel_res(gx, x)
+        x = gx
+        if lam > 0:
+            x = wav.adjoint(soft_threshold(wav.forward(x), thr, joint_dim=1))
+        k = fft2c(x)
+        x = ifft2c(torch.where(m, y, k))
+    hist[:, n_iter - 1] = _rel_res(spirit_apply(x, G), x)
+    finite_or_raise(x, "l1_spirit_pocs")
+    img = _coil_combine(x, maps)
+    if not batched:
+        return SpiritResult(x[0], img[0], hist, maps[0] if maps.shape[0] == 1 else maps)
+    return SpiritResult(x, img, hist, maps)
+
+
+def _rel_res(gx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    d = gx - x
+    num = (d.real**2 + d.imag**2).sum(dim=(1, 2, 3), dtype=torch.float64)
+    den = (x.real**2 + x.imag**2).sum(dim=(1, 2, 3), dtype=torch.float64)
+    return num / torch.clamp(den, min=1e-300)

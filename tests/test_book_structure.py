@@ -1,0 +1,212 @@
+"""Fast structural checks of the course (no build): every page in `_toc.yml` exists and every
+chapter follows the course template.
+
+A chapter (``book/0N_*.md``) must:
+- be a jupytext MyST notebook with the ``python3`` kernel;
+- carry the "Open in Colab" badge (the ``colab_badge`` substitution of ``_config.yml``);
+- open with a hidden first code cell (tag ``remove-cell`` or ``hide-cell``) that installs mrtl
+  from the repository of ``_config.yml`` when it runs on Colab and sets ``device``;
+- start with its learning goals (the first section after the title);
+- end with 2-4 exercises, each with a solution hidden in a dropdown admonition or toggle;
+- do its computations with ``mrtl`` (and name the modules and equations it teaches).
+
+The experiment notebooks (``book/experiments/*.md``) must exist, be jupytext notebooks and call
+``mrtl``; they are studies, so the exercise/learning-goal template does not apply to them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+jupytext = pytest.importorskip("jupytext")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+
+def _toc_files(node) -> list[str]:
+    out = []
+    if isinstance(node, dict):
+        if "file" in node:
+            out.append(node["file"])
+        if "root" in node:
+            out.append(node["root"])
+        for key in ("parts", "chapters", "sections"):
+            for child in node.get(key, []) or []:
+                out.extend(_toc_files(child))
+    return out
+
+
+TOC_FILES = _toc_files(TOC)
+CHAPTERS = [f for f in TOC_FILES if re.fullmatch(r"book/0\d_[a-z_]+", f)]
+EXPERIMENTS = [f for f in TOC_FILES if f.startswith("book/experiments/")]
+
+# What each chapter must teach: (mrtl modules it calls, paper equations it cites).
+REQUIRED = {
+    "book/01_kspace": (["mrtl.fft", "mrtl.masks"], ["1"]),
+    "book/02_compressed_sensing": (["mrtl.wavelets", "mrtl.recon"], ["2"]),
+    "book/03_parallel_imaging": (["mrtl.coils", "mrtl.recon"], ["3", "13"]),
+    "book/04_data_consistency": (["mrtl.models", "mrtl.train"], ["6", "7", "8", "9", "10", "11", "16"]),
+}
+
+INSTALL_MARKERS = ['"google.colab" in sys.modules', "pip", "install"]
+DEVICE_LINE = 'device = "cuda" if torch.cuda.is_available() else "cpu"'
+
+
+def _path(name: str) -> Path:
+    for ext in (".md", ".ipynb"):
+        p = ROOT / f"{name}{ext}"
+        if p.exists():
+            return p
+    return ROOT / f"{name}.md"
+
+
+def _read(name: str):
+    return jupytext.read(_path(name))
+
+
+def _markdown(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def _code(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_toc_lists_chapters_and_experiments():
+    assert TOC["root"] == "book/intro"
+    assert len(CHAPTERS) == 7, CHAPTERS
+    assert [c.split("/")[1][:2] for c in CHAPTERS] == ["01", "02", "03", "04", "05", "06", "07"]
+    assert sorted(EXPERIMENTS) == ["book/experiments/multicoil", "book/experiments/sweep", "book/experiments/transfer"]
+    captions = [p.get("caption") for p in TOC["parts"]]
+    assert "Experiments" in captions
+
+
+@pytest.mark.parametrize("name", TOC_FILES)
+def test_toc_file_exists(name):
+    assert _path(name).exists(), f"{name}: listed in _toc.yml but neither {name}.md nor {name}.ipynb exists"
+
+
+def test_config_execution_and_links():
+    ex = CONFIG["execute"]
+    assert ex["execute_notebooks"] == "cache"
+    assert isinstance(ex["timeout"], int) and 60 <= ex["timeout"] <= 1200
+    repo = CONFIG["repository"]
+    assert repo["url"].startswith("https://github.com/")
+    assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    for pattern in (".venv", "_build", "results", "README.md", "CONTRIBUTING.md"):
+        assert pattern in CONFIG["exclude_patterns"], pattern
+    # The badge links to this repository and branch on Colab.
+    badge = CONFIG["parse"]["myst_substitutions"]["colab_badge"]
+    owner_repo = repo["url"].removeprefix("https://github.com/").rstrip("/")
+    expected = f"{CONFIG['launch_buttons']['colab_url']}/github/{owner_repo}/blob/{repo['branch']}/NOTEBOOK.ipynb"
+    assert f"({expected})" in badge, badge
+    assert (ROOT / badge.split("](")[1].split(")")[0].lstrip("/")).exists(), "badge image missing"
+    for ext in ("dollarmath", "amsmath", "colon_fence", "substitution"):
+        assert ext in CONFIG["parse"]["myst_enable_extensions"], ext
+
+
+def _chapter_exists(name):
+    if not _path(name).exists():
+        pytest.fail(f"{name} does not exist")
+
+
+@pytest.mark.parametrize("name", CHAPTERS + EXPERIMENTS)
+def test_is_jupytext_notebook_calling_mrtl(name):
+    _chapter_exists(name)
+    nb = _read(name)
+    if _path(name).suffix == ".md":
+        head = _path(name).read_text().split("---")[1]
+        assert "jupytext:" in head and "kernelspec:" in head, f"{name}: missing jupytext front matter"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{name}: kernel must be python3"
+    code = _code(nb)
+    assert re.search(r"^\s*(import mrtl|from mrtl[.\w]* import)", code, re.M), f"{name}: never imports mrtl"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_hidden_install_cell_first(name):
+    _chapter_exists(name)
+    nb = _read(name)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert code_cells, f"{name}: no code cells"
+    first = code_cells[0]
+    tags = first.metadata.get("tags", [])
+    assert {"remove-cell", "hide-cell"} & set(tags), f"{name}: first code cell must be hidden, tags={tags}"
+    for marker in INSTALL_MARKERS:
+        assert marker in first.source, f"{name}: install cell lacks {marker!r}"
+    assert CONFIG["repository"]["url"] in first.source, f"{name}: install cell must use {CONFIG['repository']['url']}"
+    assert DEVICE_LINE in first.source, f"{name}: install cell must set {DEVICE_LINE!r}"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_colab_badge_and_learning_goals_first(name):
+    _chapter_exists(name)
+    md = _markdown(_read(name))
+    lines = [line.strip() for line in md.splitlines() if line.strip()]
+    titles = [i for i, line in enumerate(lines) if re.match(r"^# \S", line)]
+    assert titles, f"{name}: no '# Title'"
+    after = lines[titles[0] + 1:]
+    assert '{{ colab_badge | replace("NOTEBOOK", env.docname) }}' in md, f"{name}: no Colab badge"
+    sections = [line for line in after if re.match(r"^#{2,3} ", line)]
+    assert sections and re.match(r"^## Learning goals\s*$", sections[0]), (
+        f"{name}: the first section must be '## Learning goals', got {sections[:1]}"
+    )
+    start = after.index(sections[0])
+    goals = []
+    for line in after[start + 1:]:
+        if line.startswith("#"):
+            break
+        if re.match(r"^[-*] |^\d+\. ", line):
+            goals.append(line)
+    assert len(goals) >= 3, f"{name}: expected at least 3 learning goals, got {goals}"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_exercises_with_hidden_solutions(name):
+    _chapter_exists(name)
+    md = _markdown(_read(name))
+    assert re.search(r"^## Exercises\s*$", md, re.M), f"{name}: no '## Exercises' section"
+    tail = md[re.search(r"^## Exercises\s*$", md, re.M).end():]
+    exercises = re.findall(r"^### Exercise \d+", tail, re.M)
+    assert 2 <= len(exercises) <= 4, f"{name}: expected 2-4 exercises, got {len(exercises)}"
+    hidden = re.findall(r"^:{3,}\{admonition\} Solution[^\n]*\n:class: [^\n]*dropdown", tail, re.M)
+    hidden += re.findall(r"^[:`]{3,}\{toggle\}", tail, re.M)
+    assert len(hidden) >= len(exercises), f"{name}: {len(exercises)} exercises but {len(hidden)} hidden solutions"
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_chapter_uses_modules_and_cites_equations(name):
+    _chapter_exists(name)
+    nb = _read(name)
+    text = _markdown(nb) + "\n" + _code(nb)
+    modules, equations = REQUIRED[name]
+    for module in modules:
+        short = module.split(".")[1]
+        used = re.search(rf"\bmrtl\.{short}\b|from mrtl import [^\n]*\b{short}\b|from mrtl\.{short} import", text)
+        assert used, f"{name}: should call {module}"
+        assert module in _markdown(nb), f"{name}: should point the reader to `{module}`"
+    md = _markdown(nb)
+    cited = set()
+    for m in re.finditer(r"Eqs?\.\s*([\d\s,\-–and]+)", md):
+        for a, b in re.findall(r"(\d+)\s*[-–]\s*(\d+)", m.group(1)):
+            cited.update(str(i) for i in range(int(a), int(b) + 1))
+        cited.update(re.findall(r"\d+", m.group(1)))
+    missing = [e for e in equations if e not in cited]
+    assert not missing, f"{name}: should cite the paper's Eq. {missing}"
+
+
+def test_citations_exist_in_bibliography():
+    bib = (ROOT / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    for name in TOC_FILES:
+        p = _path(name)
+        if not p.exists() or p.suffix != ".md":
+            continue
+        for group in re.findall(r"\{cite[:\w]*\}`([^`]+)`", p.read_text()):
+            for key in group.split(","):
+                assert key.strip() in keys, f"{name}: cites unknown key {key.strip()!r}"

@@ -1,0 +1,113 @@
+"""Bad input gives ValueError/TypeError whose message names the argument (and what was given).
+
+Each row: (id, callable, exception type, regex the message must match). The regex starts with
+the argument's name, as every mrtl message does ("acceleration: expected ..., got ...").
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mrtl import fft, linops, masks
+
+Z = torch.zeros(8, 8, dtype=torch.complex64)
+ONES = torch.ones(8, 8, dtype=torch.complex64)
+M = torch.ones(8, 8, dtype=torch.bool)
+MAPS = torch.ones(2, 8, 8, dtype=torch.complex64)
+
+
+def _nan():
+    x = ONES.clone()
+    x[1, 2] = complex(float("nan"), 0)
+    return x
+
+
+def _inf():
+    x = ONES.clone()
+    x[0, 0] = complex(float("inf"), 0)
+    return x
+
+
+def _wav():
+    from mrtl import wavelets
+
+    return wavelets
+
+
+def _met():
+    from mrtl import metrics
+
+    return metrics
+
+
+CASES = [
+    # fft
+    ("fft-rank", lambda: fft.fft2c(torch.ones(5, dtype=torch.complex64)), ValueError, r"^x: expected at least 2 dimensions.*got shape \(5,\)"),
+    ("fft-dtype", lambda: fft.ifft2c(torch.ones(4, 4, dtype=torch.int64)), TypeError, r"^k: expected a complex or floating tensor.*int64"),
+    ("fft-type", lambda: fft.fft2c([[1.0, 2.0]]), TypeError, r"^x: expected a torch.Tensor or numpy.ndarray, got list"),
+    # masks
+    ("R-high", lambda: masks.poisson_disc((64, 64), 25), ValueError, r"^acceleration: expected a number <= 20.0, got 25.0"),
+    ("R-low", lambda: masks.cartesian_1d((64, 64), 0.5), ValueError, r"^acceleration: expected a number >= 1.0, got 0.5"),
+    ("R-nan", lambda: masks.MaskBank(math.nan, (64, 64)), ValueError, r"^acceleration: expected a finite number, got nan"),
+    ("R-type", lambda: masks.poisson_disc((64, 64), "4"), TypeError, r"^acceleration: expected a real number, got str"),
+    ("shape-nonpositive", lambda: masks.poisson_disc((0, 64), 4), ValueError, r"^shape: expected positive integer sizes, got \(0, 64\)"),
+    ("shape-rank", lambda: masks.cartesian_1d((4, 64, 64), 4), ValueError, r"^shape: expected a pair of positive integers \(H, W\), got \(4, 64, 64\)"),
+    ("shape-tiny", lambda: masks.poisson_disc((2, 64), 4), ValueError, r"^shape: expected both sides >= 4"),
+    ("calib-too-big", lambda: masks.poisson_disc((64, 64), 10, calib=40), ValueError, r"^calib: a 40x40 calibration square"),
+    ("calib-larger-than-image", lambda: masks.poisson_disc((64, 64), 4, calib=65), ValueError, r"^calib: expected an integer in \[0, 64\], got 65"),
+    ("seed-negative", lambda: masks.poisson_disc((64, 64), 4, seed=-1), ValueError, r"^seed: expected an integer in \[0, inf\], got -1"),
+    ("seed-float", lambda: masks.cartesian_1d((64, 64), 4, seed=1.5), TypeError, r"^seed: expected an integer, got float"),
+    ("center-fraction", lambda: masks.cartesian_1d((64, 64), 8, center_fraction=0.5), ValueError, r"^center_fraction: 0.5 gives 32 centre columns"),
+    ("kind", lambda: masks.cartesian_1d((64, 64), 4, kind="radial"), ValueError, r"^kind: expected one of \('random', 'equispaced'\), got 'radial'"),
+    ("bank-split", lambda: masks.MaskBank(4, (32, 32), split="validation"), ValueError, r"^split: expected one of .*got 'validation'"),
+    ("bank-n", lambda: masks.MaskBank(4, (32, 32), n=0), ValueError, r"^n: expected an integer in \[1, inf\], got 0"),
+    ("mask-all-zero", lambda: masks.achieved_acceleration(torch.zeros(8, 8, dtype=torch.bool)), ValueError, r"^mask: the mask samples nothing"),
+    ("mask-values", lambda: masks.achieved_acceleration(torch.full((8, 8), 0.5)), ValueError, r"^mask: expected a boolean or 0/1 mask"),
+    # linops
+    ("op-mask-all-zero", lambda: linops.SingleCoilFourier(torch.zeros(8, 8, dtype=torch.bool)), ValueError, r"^mask: the mask samples nothing"),
+    ("op-mask-rank", lambda: linops.SingleCoilFourier(torch.ones(8, dtype=torch.bool)), ValueError, r"^mask: expected at least 2 dimensions"),
+    ("op-real-input", lambda: linops.SingleCoilFourier(M)(torch.ones(8, 8)), TypeError, r"^x: expected a complex tensor .*float32"),
+    ("op-shape", lambda: linops.SingleCoilFourier(M)(torch.ones(8, 9, dtype=torch.complex64)), ValueError, r"^x: expected shape \(\.\.\., 8, 8\), got \(8, 9\)"),
+    ("op-nan", lambda: linops.SingleCoilFourier(M)(_nan()), ValueError, r"^x: contains 1 NaN/Inf"),
+    ("op-adjoint-inf", lambda: linops.SingleCoilFourier(M).H(_inf()), ValueError, r"^y: contains 1 NaN/Inf"),
+    ("maps-rank", lambda: linops.MultiCoilFourier(M, ONES), ValueError, r"^maps: expected 3 or 4 dimensions"),
+    ("maps-real", lambda: linops.MultiCoilFourier(M, MAPS.real), TypeError, r"^maps: expected a complex tensor"),
+    ("maps-size", lambda: linops.MultiCoilFourier(M, torch.ones(2, 8, 9, dtype=torch.complex64)), ValueError, r"^maps: image size \(8, 9\) differs"),
+    ("mask-batch-mismatch", lambda: linops.MultiCoilFourier(torch.ones(3, 8, 8, dtype=torch.bool), torch.ones(2, 2, 8, 8, dtype=torch.complex64)), ValueError, r"^mask: batch size 3 does not broadcast"),
+    ("zf-mask-broadcast", lambda: linops.zero_filled(torch.ones(3, 8, 8, dtype=torch.complex64), torch.ones(2, 8, 8, dtype=torch.bool)), ValueError, r"^mask: mask of shape \(2, 8, 8\) does not broadcast"),
+    ("zf-real-kspace", lambda: linops.zero_filled(torch.ones(8, 8), M), TypeError, r"^kspace: expected a complex tensor"),
+    ("combine-coils", lambda: linops.coil_combine(torch.ones(3, 8, 8, dtype=torch.complex64), MAPS), ValueError, r"^maps: .*does not broadcast against coil_images"),
+    ("rss-dim", lambda: linops.rss(torch.ones(2, 8, 8), dim=3), ValueError, r"^dim: expected a dimension of a 3-D tensor, got 3"),
+    ("rss-bool", lambda: linops.rss(torch.ones(2, 8, 8, dtype=torch.bool)), TypeError, r"^coil_images: expected a floating or complex tensor"),
+    # wavelets (mrtl.wavelets)
+    ("wavelet-name", lambda: _wav().wavedec2(torch.ones(16, 16), wavelet="haar9"), ValueError, r"^wavelet: "),
+    ("wavelet-level", lambda: _wav().wavedec2(torch.ones(16, 16), wavelet="db1", level=-1), ValueError, r"^level: expected an integer >= 0"),
+    ("wavelet-rank", lambda: _wav().wavedec2(torch.ones(16), wavelet="db1"), ValueError, r"^x: expected at least 2 dimensions"),
+    ("wavelet-nan", lambda: _wav().wavedec2(torch.full((16, 16), float("nan")), wavelet="db1"), ValueError, r"^x: contains 256 NaN/Inf"),
+    # metrics (mrtl.metrics)
+    ("metric-shape", lambda: _met().psnr(torch.ones(2, 8, 8), torch.ones(2, 8, 9)), ValueError, r"^recon: "),
+    ("metric-rank", lambda: _met().ssim(torch.ones(8), torch.ones(8)), ValueError, r"^recon: expected \(H, W\), \(B, H, W\)"),
+    ("metric-nan", lambda: _met().psnr(torch.ones(8, 8), torch.full((8, 8), float("nan"))), ValueError, r"^ref: contains 64 NaN/Inf"),
+    ("metric-data-range", lambda: _met().psnr(torch.ones(8, 8), torch.ones(8, 8), data_range=-1.0), ValueError, r"^data_range: expected a finite number > 0"),
+]
+
+
+def test_enough_cases():
+    assert len(CASES) >= 12
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("fn, exc, pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(fn, exc, pattern):
+    with pytest.raises(exc, match=pattern) as info:
+        fn()
+    assert type(info.value) is exc  # not a subclass hiding a different failure
+
+
+def test_numpy_input_accepted_where_valid():
+    """The same entry points accept valid numpy input (the failures above are about content)."""
+    k = fft.fft2c(np.ones((4, 4), dtype=np.complex64))
+    assert k.dtype == torch.complex64
+    assert masks.achieved_acceleration(np.ones((4, 4), dtype=bool)) == 1.0
