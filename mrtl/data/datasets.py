@@ -156,6 +156,13 @@ class UndersampledDataset(torch.utils.data.Dataset):
         self.n_coils = check_int(n_coils, "n_coils", low=1)
         self.n_virtual = check_int(n_virtual, "n_virtual", low=1, high=self.n_coils)
         self.epoch = 0
+        self._maps_shape, self._maps = None, None
+        if self.coils == "simulate":  # build the map bank once, before any DataLoader worker starts
+            first = source[0]
+            if isinstance(first, CoilRecord):
+                raise ValueError("coils: must be None for a source with real coil k-space (FastMRIFolder)")
+            self._maps_shape = tuple(torch.as_tensor(first.image).shape[-2:])
+            self._maps = coil_map_bank(self._maps_shape, self.n_map_sets, self.n_coils, self.n_virtual, seed=self.seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that, with the seed and the index, determines each sample's random draws."""
@@ -217,7 +224,10 @@ class UndersampledDataset(torch.utils.data.Dataset):
             zf = ifft2c(k)
             maps = torch.zeros((0, H, W), dtype=torch.complex64)
         else:
-            bank = coil_map_bank((H, W), self.n_map_sets, self.n_coils, self.n_virtual, seed=self.seed)
+            if (H, W) == self._maps_shape:
+                bank = self._maps
+            else:
+                bank = coil_map_bank((H, W), self.n_map_sets, self.n_coils, self.n_virtual, seed=self.seed)
             maps = bank[int(rng.integers(bank.shape[0]))].clone()
             k = mask * (fft2c(maps * x) + self._noise(rng, maps.shape))
             zf = (maps.conj() * ifft2c(k)).sum(0)

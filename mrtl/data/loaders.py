@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .._validate import check_choice, check_float, check_int, check_shape2d
-from ..fft import fft2c, ifft2c
+from ..fft import ifft2c
 from .sources import ImageRecord
 
 __all__ = ["PhotoFolder", "NiftiFolder", "FastMRIFolder", "CoilRecord", "parse_ixi_name", "crop_or_pad"]
@@ -101,6 +101,7 @@ class PhotoFolder(torch.utils.data.Dataset):
         if not self.files:
             raise FileNotFoundError(f"{self.root}: no .jpg/.jpeg/.png files found{' (searched recursively)' if recursive else ''}. {_PHOTO_HELP}")
         self.subjects = [str(p.relative_to(self.root)) for p in self.files]
+        self.item_subjects = list(self.subjects)  # subject of every item, without loading it
         self.domain = "natural"
 
     def __len__(self) -> int:
@@ -209,6 +210,7 @@ class NiftiFolder(torch.utils.data.Dataset):
         if not self._slices:
             raise ValueError(f"{self.root}: no axial slice has a tissue fraction >= {self.min_tissue_fraction}")
         self.subjects = list(dict.fromkeys(self._subj[fi] for fi, _ in self._slices))
+        self.item_subjects = [self._subj[fi] for fi, _ in self._slices]  # without loading the slices
         self.domain = contrast.lower() if contrast else "mr"
         self._cache: tuple[int, np.ndarray] | None = None
 
@@ -295,6 +297,7 @@ class FastMRIFolder(torch.utils.data.Dataset):
             self.shapes.append(shp)
             self._slices += [(fi, s) for s in range(shp[0])]
         self.subjects = [f.stem for f in self.files]
+        self.item_subjects = [self.files[fi].stem for fi, _ in self._slices]  # without reading k-space
         self.domain = "fastmri"
         self._handles: dict = {}
         self._pid = None

@@ -78,13 +78,15 @@ def show_examples(domains=None, size=None, split: str = "test"):
     domains = list(DOMAINS) if domains is None else list(domains)
     if not domains:
         raise ValueError("domains: expected at least one domain, got an empty list")
-    fig, axes = plt.subplots(1, len(domains), figsize=(3 * len(domains), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(domains), figsize=(3 * len(domains), 3.8), squeeze=False)
     for ax, d in zip(axes[0], domains):
         try:
             src = bundled(d, split, size=size)
         except ValueError:
             src = bundled(d, "all", size=size)
-        rec = src[len(src) // 2]
+        n_per = max(1, len(src) // max(1, len(src.subjects)))
+        i = (len(src.subjects) // 2) * n_per + (0 if d == "natural" else n_per // 2)  # mid-volume slice / centre crop
+        rec = src[min(i, len(src) - 1)]
         ax.imshow(rec.image.abs().numpy(), cmap="gray", vmin=0, vmax=float(rec.image.abs().quantile(0.995)) or 1)
         kind = "SYNTHETIC" if rec.synthetic else "real"
         ax.set_title(f"{d} ({kind})\n{tuple(rec.image.shape)} {rec.subject}", fontsize=9)

@@ -198,6 +198,7 @@ class BundledSource(torch.utils.data.Dataset):
             self._photos = [(m["name"], z[f"photo_{m['name']}"]) for m in photos]
             self._items = [(p, k) for p in range(len(self._photos)) for k in range(self.crops_per_photo)]
             self.subjects = [name for name, _ in self._photos]
+            self.item_subjects = [self._photos[p][0] for p, _ in self._items]
             self.positions = None
         else:
             keep = np.nonzero((z["split"] == split) | (split == "all"))[0]
@@ -210,6 +211,7 @@ class BundledSource(torch.utils.data.Dataset):
             self._z = z["z"] if "z" in z else z.get("slice_location")
             self._scale = float(np.iinfo(self._images.dtype).max) if domain != "pd" else float(self._images.max())
             self.subjects = list(dict.fromkeys(str(s) for s in self._subject[keep]))
+            self.item_subjects = [str(s) for s in self._subject[keep]]
             #: per record: axial slice index z of its volume (PD: the DICOM SliceLocation in mm)
             self.positions = [float(v) if domain == "pd" else int(v) for v in self._z[keep]]
 

@@ -159,7 +159,7 @@ def finetune(model, data, cfg: StudyConfig, ckpt_dir: Path | None, seed: int, lr
     t0 = time.perf_counter()
     if cfg.ft_epochs > 0 and len(data) > 0:
         _ft(model, data, None, epochs=cfg.ft_epochs, lr=cfg.lr_finetune if lr is None else lr,
-            batch_size=min(cfg.batch_size, len(data)), device=cfg.device, out_dir=ckpt_dir,
+            batch_size=min(cfg.ft_batch_size, len(data)), device=cfg.device, out_dir=ckpt_dir,
             resume=ckpt_dir is not None, seed=seed, progress_bar=False)
     return time.perf_counter() - t0
 
@@ -203,6 +203,14 @@ def records_to_rows(records: list[dict], **keys) -> list[dict]:
     """Per-image rows in the results format (``image`` = test index)."""
     return [dict(keys, image=int(r["index"]), subject=r.get("subject"), psnr=float(r["psnr"]),
                  ssim=float(r["ssim"])) for r in records]
+
+
+def log(msg: str) -> None:
+    """One progress line (silent when ``MRTL_QUIET=1``)."""
+    from ..utils import quiet
+
+    if not quiet():
+        print(f"[mrtl.experiments {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def setup(cfg: StudyConfig) -> None:

@@ -12,11 +12,16 @@ Presets:
   subnetwork, 100 fine-tuning epochs, Adam lr 1e-4 / 1e-5, batch 50, Ntrain 500-4000,
   Ntune 0-100, R 2-10). Needs user data (``natural_dir``, ``t1_dir``, ``t2_dir``,
   ``fastmri_dir``) and a GPU.
-- ``small``: the CPU preset used for ``results/small/`` and the book. 64x64 images, and the
-  learning rates raised to 1e-3 (pretraining) / 1e-4 (fine-tuning), because with the paper's
-  rates almost nothing is learned in the few epochs a CPU allows (DESIGN.md, "Small-scale
-  facts"). Sized so that the single-coil transfer study (``make demo``) runs in a few minutes
-  on 2 cores.
+- ``small``: the CPU preset used for ``results/small/``, the book and ``make demo``. 64x64
+  images; cascades of 3 subnetworks x 16 channels (4 hidden layers); 80 pretraining images per
+  source (T1 has 78 bundled training slices), 2 epochs per subnetwork at lr 1e-3 (batch 16);
+  15 fine-tuning epochs at lr 1e-4 on the 20 bundled T1 fine-tuning slices (batch 4, so 5
+  updates per epoch); the from-scratch baseline gets the same 15 epochs at lr 1e-3. The
+  learning rates are raised from the paper's because with 1e-4 / 1e-5 almost nothing is
+  learned in the few epochs a CPU allows (DESIGN.md, "Small-scale facts"). Sized so that
+  the single-coil transfer study (R = 4 and 8, three sources, CS and from-scratch) runs in a
+  few minutes on 2 free cores; the sweep uses R = 4, Ntrain 20/80 and Ntune 0/2/4/8/20; the
+  multi-coil study R = 4, 4 virtual coils, 2 subnetworks x 12 channels.
 - ``tiny``: 32x32, 2 subnetworks of 8 channels, one epoch: for the test suite only; its
   numbers mean nothing.
 """
@@ -92,7 +97,9 @@ class StudyConfig:
         lr_pretrain, lr_finetune: Adam learning rates (paper: 1e-4, 1e-5).
         lr_scratch: learning rate of the from-scratch baseline (random init, trained on the
             Ntune images only for ``ft_epochs`` epochs).
-        batch_size: mini-batch size (paper: 50).
+        batch_size: pretraining mini-batch size (paper: 50).
+        ft_batch_size: fine-tuning (and from-scratch) mini-batch size (paper: 50). Small scale
+            uses 4, so that 20 target images give 5 updates per epoch.
         n_masks: masks per bank (paper: 100 train + 100 disjoint test).
         natural_dir, t1_dir, t2_dir, fastmri_dir: user data folders; None = bundled data.
         output_dir: where results are written (None = do not write).
@@ -104,18 +111,19 @@ class StudyConfig:
     seed: int = 0
     size: int = 64
     R_list: tuple[int, ...] = (4, 8)
-    n_train: int = 200
-    n_test: int | None = 20
+    n_train: int = 80
+    n_test: int | None = None
     n_val: int = 0
-    n_subnets: int = 5
-    width: int = 32
+    n_subnets: int = 3
+    width: int = 16
     depth: int = 4
     epochs: int = 2
-    ft_epochs: int = 40
+    ft_epochs: int = 15
     lr_pretrain: float = 1e-3
     lr_finetune: float = 1e-4
     lr_scratch: float = 1e-3
     batch_size: int = 16
+    ft_batch_size: int = 4
     n_masks: int = 100
     natural_dir: str | None = None
     t1_dir: str | None = None
@@ -152,7 +160,7 @@ class StudyConfig:
     @classmethod
     def _tiny(cls) -> dict:
         return dict(size=32, R_list=(4,), n_train=12, n_test=4, n_val=0, n_subnets=2, width=8, depth=2,
-                    epochs=1, ft_epochs=1, batch_size=4, n_masks=8, device="cpu")
+                    epochs=1, ft_epochs=1, batch_size=4, ft_batch_size=4, n_masks=8, device="cpu")
 
     @classmethod
     def _small(cls) -> dict:
@@ -162,7 +170,7 @@ class StudyConfig:
     def _full(cls) -> dict:
         return dict(size=256, R_list=(2, 4, 6, 8, 10), n_train=2000, n_test=None, n_val=0, n_subnets=5,
                     width=64, depth=4, epochs=20, ft_epochs=100, lr_pretrain=1e-4, lr_finetune=1e-5,
-                    lr_scratch=1e-4, batch_size=50, n_masks=100, device="cuda")
+                    lr_scratch=1e-4, batch_size=50, ft_batch_size=50, n_masks=100, device="cuda")
 
     # ------------------------------------------------------------- conversions
     @classmethod
@@ -224,6 +232,7 @@ class StudyConfig:
         for name in ("lr_pretrain", "lr_finetune", "lr_scratch"):
             _check_pos_float(name, getattr(self, name))
         _check_int("batch_size", self.batch_size, low=1)
+        _check_int("ft_batch_size", self.ft_batch_size, low=1)
         _check_int("n_masks", self.n_masks, low=1)
         for name in ("natural_dir", "t1_dir", "t2_dir", "fastmri_dir", "output_dir"):
             v = getattr(self, name)
@@ -306,7 +315,7 @@ class SweepConfig(StudyConfig):
 
     target: str = "t1"
     source: str = "natural"
-    n_train_list: tuple[int, ...] = (50, 200)
+    n_train_list: tuple[int, ...] = (20, 80)
     n_tune_list: tuple[int, ...] = (0, 2, 4, 8, 20)
     reference_n_train: int | None = None
     reference_n_tune: int = 20
@@ -322,7 +331,7 @@ class SweepConfig(StudyConfig):
 
     @classmethod
     def _small(cls) -> dict:
-        return dict(R_list=(4,), ft_epochs=30)
+        return dict(R_list=(4,))
 
     @classmethod
     def _full(cls) -> dict:
@@ -361,18 +370,18 @@ class MulticoilConfig(StudyConfig):
     """
 
     coils: int = 4
-    n_train_target: int = 60
-    n_tune_list: tuple[int, ...] = (0, 4, 20)
+    n_train_target: int = 24
+    n_tune_list: tuple[int, ...] = (0, 4, 12)
     spirit_lam: float = 1e-3
     spirit_iter: int | None = None
     kernel_size: int = 5
     scratch: bool = True
-    n_train: int = 120
+    n_train: int = 48
     n_test: int | None = 10
-    width: int = 16
-    n_subnets: int = 3
+    width: int = 12
+    n_subnets: int = 2
     epochs: int = 2
-    ft_epochs: int = 20
+    ft_epochs: int = 12
     R_list: tuple[int, ...] = (4,)
 
     study: ClassVar[str] = "multicoil"

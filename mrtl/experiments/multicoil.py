@@ -79,6 +79,7 @@ def multicoil_transfer(cfg: MulticoilConfig | None = None) -> StudyResult:
         ker = spirit_calibrate(test.kspace, kernel_size=cfg.kernel_size, tikhonov=1e-2)
         res = l1_spirit_pocs(test.kspace, test.mask, ker, lam=cfg.spirit_lam, n_iter=cfg.spirit_iter, maps=test.maps)
         timings[f"spirit_R{R}"] = round(time.perf_counter() - t0, 2)
+        C.log(f"R={R}: L1-SPIRiT on {len(test)} test images in {timings[f'spirit_R{R}']:.0f} s")
         rows += C.records_to_rows(C.score(res.image, test), **key, method="SPIRiT", stage="-", n_train=0, n_tune=0)
         # in-domain: trained (and fine-tuned end to end) on T1 multi-coil images
         t1_train = _mc_data(target_src["train"](n=cfg.n_train_target), R, cfg, "train", 3000, "zero")
@@ -86,6 +87,7 @@ def multicoil_transfer(cfg: MulticoilConfig | None = None) -> StudyResult:
         t = C.pretrain(m, t1_train, cfg, C.ckpt_dir(cfg, f"mc_pre_t1_R{R}_n{len(t1_train)}"), seed=cfg.seed)
         t += C.finetune(m, t1_train, cfg, C.ckpt_dir(cfg, f"mc_ft_t1_R{R}_n{len(t1_train)}"), seed=cfg.seed + 1)
         timings[f"t1_trained_R{R}"] = round(t, 2)
+        C.log(f"R={R}: T1-trained multi-coil network ({len(t1_train)} images) in {t:.0f} s")
         rows += C.records_to_rows(C.evaluate(m, test, cfg), **key, method=method_name("t1"), stage="-",
                                   n_train=len(t1_train), n_tune=0)
         # natural-image network: raw, then fine-tuned on each Ntune
@@ -101,6 +103,7 @@ def multicoil_transfer(cfg: MulticoilConfig | None = None) -> StudyResult:
             net = copy.deepcopy(m)
             timings[f"finetune_natural_R{R}_t{n}"] = round(
                 C.finetune(net, tune, cfg, C.ckpt_dir(cfg, f"mc_ft_natural_R{R}_t{n}"), seed=cfg.seed + 100 + n), 2)
+            C.log(f"R={R}: fine-tuned the natural network on {n} T1 images")
             rows += C.records_to_rows(C.evaluate(net, test, cfg), **key, method=method_name("natural"), stage="tuned",
                                       n_train=len(nat), n_tune=len(tune))
             if cfg.scratch:

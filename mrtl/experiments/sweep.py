@@ -113,6 +113,7 @@ def ntune_sweep(cfg: SweepConfig | None = None) -> StudyResult:
                                          n_train=n_train, n_tune=n_used)
                 cells.put(cells.key(R, method, n_train, n), recs, time.perf_counter() - t0)
                 computed += 1
+                C.log(f"R={R}: cell {method} Ntrain={n_train} Ntune={n} done in {time.perf_counter() - t0:.0f} s")
 
         # the in-domain reference
         ref_src = C.get_source(cfg.target, "train", cfg, ref_n_train)

@@ -62,6 +62,7 @@ def single_coil_transfer(cfg: TransferConfig | None = None) -> StudyResult:
                 cs_iter = cfg.cs_iter if target != "t2" or cfg.scale == "tiny" else max(cfg.cs_iter, 120)
                 recs, t = C.cs_records(test, cfg, cfg.cs_lam, cs_iter)
                 timings[f"cs_{target}_R{R}"] = round(t, 2)
+                C.log(f"R={R}: CS on {len(test)} {target} test images in {t:.0f} s")
                 rows += C.records_to_rows(recs, **key, method="CS", stage="-", n_train=0, n_tune=0)
             for si, source in enumerate(cfg.sources):
                 src = C.get_source(source, "train", cfg, cfg.n_train)
@@ -70,6 +71,7 @@ def single_coil_transfer(cfg: TransferConfig | None = None) -> StudyResult:
                 model = C.new_cascade(cfg, "single", seed=cfg.seed + 10 * si + 1)
                 t = C.pretrain(model, train, cfg, C.ckpt_dir(cfg, f"pre_{source}_R{R}_n{len(train)}"), seed=cfg.seed + si)
                 timings[f"pretrain_{source}_R{R}"] = round(t, 2)
+                C.log(f"R={R}: pretrained on {len(train)} {source} images in {t:.0f} s")
                 m = method_name(source)
                 rows += C.records_to_rows(C.evaluate(model, test, cfg), **key, method=m, stage="raw",
                                           n_train=len(train), n_tune=0)
@@ -77,6 +79,7 @@ def single_coil_transfer(cfg: TransferConfig | None = None) -> StudyResult:
                 t = C.finetune(tuned, tune, cfg, C.ckpt_dir(cfg, f"ft_{source}_to_{target}_R{R}_n{len(train)}_t{n_tune}"),
                                seed=cfg.seed + 100 + si)
                 timings[f"finetune_{source}_to_{target}_R{R}"] = round(t, 2)
+                C.log(f"R={R}: fine-tuned the {source} network on {n_tune} {target} images in {t:.0f} s")
                 rows += C.records_to_rows(C.evaluate(tuned, test, cfg), **key, method=m, stage="tuned",
                                           n_train=len(train), n_tune=n_tune)
             if cfg.scratch:
@@ -84,6 +87,7 @@ def single_coil_transfer(cfg: TransferConfig | None = None) -> StudyResult:
                 t = C.finetune(model, tune, cfg, C.ckpt_dir(cfg, f"scratch_{target}_R{R}_t{n_tune}"),
                                seed=cfg.seed + 500, lr=cfg.lr_scratch)
                 timings[f"scratch_{target}_R{R}"] = round(t, 2)
+                C.log(f"R={R}: trained from scratch on {n_tune} {target} images in {t:.0f} s")
                 rows += C.records_to_rows(C.evaluate(model, test, cfg), **key, method="Scratch", stage="-",
                                           n_train=0, n_tune=n_tune)
     per_image = pd.DataFrame(rows)

@@ -1,0 +1,140 @@
+"""Training and inference speed of the cascade at the paper's size (5 subnetworks x 64 channels,
+256x256), on CPU and, when available, CUDA (bf16 autocast, channels_last, data on the GPU,
+cached prefixes). Prints a table and the projected time of the paper's full protocol.
+
+Usage: python benchmarks/bench_train.py [--size 256] [--cpu-steps 2] [--cpu-batch 2] [--gpu-batch 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from mrtl.fft import fft2c, ifft2c
+from mrtl.models import Cascade, conv_flops
+from mrtl.train import hybrid_loss
+
+PROTOCOL = dict(n_subnets=5, epochs=20, n_train=4000, ft_epochs=100, n_tune=100)
+
+
+def _data(B, H, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(B, H, H, generator=g).to(torch.complex64)
+    mask = torch.rand(B, H, H, generator=g) < 0.25
+    k = fft2c(x) * mask
+    return ifft2c(k).to(device), k.to(device), mask.to(device), x.to(device)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(device, H, batch, steps, infer_batches, amp):
+    model = Cascade(5, width=64, depth=4, seed=0).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        model.autocast_dtype = torch.bfloat16 if amp else None
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats()
+    x_u, k, m, ref = _data(batch, H, device)
+    rows = []
+    fl_sub = conv_flops(model, H, H) / model.n_subnets  # forward FLOPs of one subnetwork per image
+    # training, one stage at a time (prefix cached: the input is the cached state)
+    for p in (1, model.n_subnets):
+        params = model.stage_parameters(p)
+        opt = torch.optim.Adam(params, lr=1e-4, weight_decay=2e-6)
+        state = x_u
+        for q in model.parameters():
+            q.requires_grad_(False)
+        for q in params:
+            q.requires_grad_(True)
+        def step():
+            out = model.output(model._stage(p, state, k, m, None, None))
+            loss = hybrid_loss(out, ref)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        step(); _sync(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        dt = (time.perf_counter() - t) / steps
+        ips = batch / dt
+        rows.append((f"train stage {p}", f"batch {batch}", f"{ips:.1f} img/s", f"{3 * fl_sub * ips / 1e12:.2f} TFLOP/s"))
+    stage_ips = ips
+    # fine-tuning: end to end through all 5 subnetworks
+    for q in model.parameters():
+        q.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    def ft_step():
+        loss = hybrid_loss(model(x_u, k, m), ref)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    ft_step(); _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        ft_step()
+    _sync(device)
+    ft_ips = batch / ((time.perf_counter() - t) / steps)
+    rows.append(("fine-tune (all 5)", f"batch {batch}", f"{ft_ips:.1f} img/s", f"{3 * 5 * fl_sub * ft_ips / 1e12:.2f} TFLOP/s"))
+    # inference
+    model.eval()
+    for B in infer_batches:
+        xi, ki, mi, _ = _data(B, H, device)
+        with torch.no_grad():
+            model(xi, ki, mi); _sync(device)
+            n = 3 if device.type == "cuda" else 1
+            t = time.perf_counter()
+            for _ in range(n):
+                model(xi, ki, mi)
+            _sync(device)
+        dt = (time.perf_counter() - t) / n
+        rows.append((f"inference", f"batch {B}", f"{1e3 * dt / B:.2f} ms/slice ({B / dt:.0f} slices/s)",
+                     f"{5 * fl_sub * B / dt / 1e12:.2f} TFLOP/s"))
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rows.append(("peak memory", "", f"{peak:.2f} GiB", ""))
+    P = PROTOCOL
+    t_pre = P["n_subnets"] * P["epochs"] * P["n_train"] / stage_ips
+    t_ft = P["ft_epochs"] * P["n_tune"] / ft_ips
+    flops = P["n_subnets"] * P["epochs"] * P["n_train"] * 3 * fl_sub + P["ft_epochs"] * P["n_tune"] * 3 * 5 * fl_sub
+    rows.append(("paper protocol", f"{flops / 1e15:.1f} PFLOP", f"projected {(t_pre + t_ft) / 60:.1f} min",
+                 f"(pretrain {t_pre / 60:.1f} + fine-tune {t_ft / 60:.1f} min)"))
+    return rows, fl_sub
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--cpu-steps", type=int, default=2)
+    ap.add_argument("--cpu-batch", type=int, default=2)
+    ap.add_argument("--gpu-steps", type=int, default=10)
+    ap.add_argument("--gpu-batch", type=int, default=50)
+    ap.add_argument("--no-cpu", action="store_true")
+    args = ap.parse_args()
+    devs = [] if args.no_cpu else [(torch.device("cpu"), args.cpu_batch, args.cpu_steps, (1, 4), False)]
+    if torch.cuda.is_available():
+        devs.append((torch.device("cuda"), args.gpu_batch, args.gpu_steps, (1, 32, 256), True))
+    for dev, b, s, ib, amp in devs:
+        name = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+        rows, fl = bench(dev, args.size, b, s, ib, amp)
+        print(f"\n## {name}, {args.size}x{args.size}, cascade 5 x 64 ch, {fl / 1e9:.1f} GFLOP/subnet/image forward"
+              f"{', bf16 autocast, channels_last' if amp else ''}")
+        print(f"| {'what':<18} | {'setting':<14} | {'result':<34} | {'achieved':<36} |")
+        print(f"|{'-' * 20}|{'-' * 16}|{'-' * 36}|{'-' * 38}|")
+        for r in rows:
+            print(f"| {r[0]:<18} | {r[1]:<14} | {r[2]:<34} | {r[3]:<36} |")
+
+
+if __name__ == "__main__":
+    main()
