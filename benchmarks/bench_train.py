@@ -97,7 +97,7 @@ def bench(device, H, batch, steps, infer_batches, amp):
                 model(xi, ki, mi)
             _sync(device)
         dt = (time.perf_counter() - t) / n
-        rows.append((f"inference", f"batch {B}", f"{1e3 * dt / B:.2f} ms/slice ({B / dt:.0f} slices/s)",
+        rows.append(("inference", f"batch {B}", f"{1e3 * dt / B:.2f} ms/slice ({B / dt:.0f} slices/s)",
                      f"{5 * fl_sub * B / dt / 1e12:.2f} TFLOP/s"))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30

@@ -28,23 +28,21 @@ One trainer serves both phases:
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
-import math
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ._validate import check_choice, check_float, check_int
+from ._validate import check_float, check_int
 from .fft import ifft2c
 from .models import Cascade, coil_combine
 from .utils import atomic_save_torch, atomic_write_text, get_device, progress

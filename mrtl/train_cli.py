@@ -12,8 +12,6 @@ An unknown section or key is an error that lists the valid ones. Example: ``conf
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import json
 from pathlib import Path
 

@@ -158,7 +158,7 @@ def test_dc_errors():
 
 def test_cc_is_per_pixel_coil_mixing_and_gradcheck():
     """f_CC x = G_img x (Eq. 13) and DC(CC(.)) has Jacobian F^-1 Lambda F G_img (Eq. 17)."""
-    B, C, H, W = 1, 3, 5, 6
+    B, C, H, W = 1, 2, 4, 5
     G = rand_c(C, C, H, W, seed=11) * 0.3
     x = rand_c(B, C, H, W, seed=12)
     cc = CalibrationConsistency(G)

@@ -20,7 +20,8 @@ Presets:
   learning rates are raised from the paper's because with 1e-4 / 1e-5 almost nothing is
   learned in the few epochs a CPU allows (DESIGN.md, "Small-scale facts"). Sized so that
   the single-coil transfer study (R = 4 and 8, three sources, CS and from-scratch) runs in a
-  few minutes on 2 free cores; the sweep uses R = 4, Ntrain 20/80 and Ntune 0/2/4/8/20; the
+  few minutes on 2 free cores; the sweep uses R = 4, Ntrain 20/80, Ntune 0/2/4/8/20 and 10
+  fine-tuning (and from-scratch) epochs; the
   multi-coil study R = 4, 4 virtual coils, 2 subnetworks x 12 channels.
 - ``tiny``: 32x32, 2 subnetworks of 8 channels, one epoch: for the test suite only; its
   numbers mean nothing.
@@ -331,7 +332,7 @@ class SweepConfig(StudyConfig):
 
     @classmethod
     def _small(cls) -> dict:
-        return dict(R_list=(4,))
+        return dict(R_list=(4,), ft_epochs=10)
 
     @classmethod
     def _full(cls) -> dict:
