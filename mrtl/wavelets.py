@@ -154,13 +154,18 @@ def _check_level(level, shape: tuple[int, int], name: str, arg: str = "level") -
 _DENSE_MAX = 512
 
 
-@functools.lru_cache(maxsize=128)
-def _matrix(name: str, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+@functools.lru_cache(maxsize=256)
+def _matrix(name: str, n: int, device: torch.device, dtype: torch.dtype, shift: int = 0) -> torch.Tensor:
     """The (n x n) periodized one-level analysis matrix: rows 0..n/2-1 low-pass, then high-pass.
 
     ``A[o, (2 o + F/2 - j) mod n] += dec_lo[j]`` (and ``dec_hi`` for row ``n/2 + o``), which is
     pywt's periodization alignment; taps that wrap onto the same column (F > n) add up.
+
+    With ``shift = s`` the matrix is ``A P_s``, where ``P_s x = roll(x, s)``: the columns are
+    rolled by ``-s``, so a cyclic shift of the input (cycle spinning) costs nothing.
     """
+    if shift % n:
+        return torch.roll(_matrix(name, n, device, dtype), -(shift % n), dims=1).contiguous()
     import numpy as np
 
     dec_lo, dec_hi = (np.asarray(f, dtype=np.float64) for f in _filters(name)[:2])
@@ -226,12 +231,17 @@ def _fold(y: torch.Tensor, dim: int, n: int, flen: int) -> torch.Tensor:
     return out.index_add_(dim, _pad_index(n, flen, y.device), y)
 
 
-def _axis_forward(x: torch.Tensor, dim: int, name: str) -> torch.Tensor:
-    """One analysis step along ``dim`` (-1 or -2) of ``(N, h, w)``; lo half then hi half."""
+def _axis_forward(x: torch.Tensor, dim: int, name: str, shift: int = 0) -> torch.Tensor:
+    """One analysis step along ``dim`` (-1 or -2) of ``(N, h, w)``; lo half then hi half.
+
+    ``shift``: the signal is first rolled by ``shift`` along ``dim`` (folded into the matrix).
+    """
     n = x.shape[dim]
     if n <= _DENSE_MAX:
-        a = _matrix(name, n, x.device, x.dtype)
+        a = _matrix(name, n, x.device, x.dtype, shift % n)
         return x @ a.mT if dim == -1 else a @ x
+    if shift % n:
+        x = torch.roll(x, shift, dims=dim)
     b, h, w = x.shape
     w_cols, w_rows = _weights(name, x.device, x.dtype)
     flen = w_cols.shape[-1]
@@ -242,11 +252,11 @@ def _axis_forward(x: torch.Tensor, dim: int, name: str) -> torch.Tensor:
     return y.reshape(b, h, w)
 
 
-def _axis_inverse(y: torch.Tensor, dim: int, name: str) -> torch.Tensor:
-    """Inverse (= transpose) of :func:`_axis_forward`."""
+def _axis_inverse(y: torch.Tensor, dim: int, name: str, shift: int = 0) -> torch.Tensor:
+    """Inverse (= transpose) of :func:`_axis_forward` (with the same ``shift``)."""
     n = y.shape[dim]
     if n <= _DENSE_MAX:
-        a = _matrix(name, n, y.device, y.dtype)
+        a = _matrix(name, n, y.device, y.dtype, shift % n)
         return y @ a if dim == -1 else a.mT @ y
     b, h, w = y.shape
     w_cols, w_rows = _weights(name, y.device, y.dtype)
@@ -254,16 +264,23 @@ def _axis_inverse(y: torch.Tensor, dim: int, name: str) -> torch.Tensor:
     if dim == -1:
         z = y.reshape(b, h, 2, w // 2).permute(0, 2, 1, 3)  # (N, 2, h, w/2)
         z = F.conv_transpose2d(z, w_cols, stride=(1, 2))  # (N, 1, h, w + F - 2)
-        return _fold(z, -1, w, flen).reshape(b, h, w)
-    z = F.conv_transpose2d(y.reshape(b, 2, h // 2, w), w_rows, stride=(2, 1))  # (N, 1, h+F-2, w)
-    return _fold(z, -2, h, flen).reshape(b, h, w)
+        out = _fold(z, -1, w, flen).reshape(b, h, w)
+    else:
+        z = F.conv_transpose2d(y.reshape(b, 2, h // 2, w), w_rows, stride=(2, 1))  # (N, 1, h+F-2, w)
+        out = _fold(z, -2, h, flen).reshape(b, h, w)
+    if shift % n:
+        out = torch.roll(out, -shift, dims=dim)
+    return out
 
 
-def _packed_forward(xr: torch.Tensor, name: str, level: int) -> torch.Tensor:
-    """Multi-level analysis of ``(N, H, W)`` real, packed like ``pywt.coeffs_to_array``."""
+def _packed_forward(xr: torch.Tensor, name: str, level: int, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Multi-level analysis of ``(N, H, W)`` real, packed like ``pywt.coeffs_to_array``.
+
+    ``shift = (dy, dx)``: transform ``roll(xr, (dy, dx))`` (the roll is folded into level 1).
+    """
     if level == 0:
-        return xr.clone()
-    out = _axis_forward(_axis_forward(xr, -1, name), -2, name)  # a new tensor: level 1
+        return torch.roll(xr, shift, dims=(-2, -1)) if shift != (0, 0) else xr.clone()
+    out = _axis_forward(_axis_forward(xr, -1, name, shift[1]), -2, name, shift[0])  # a new tensor: level 1
     h, w = out.shape[-2] // 2, out.shape[-1] // 2
     for _ in range(level - 1):
         blk = out[:, :h, :w]
@@ -272,17 +289,17 @@ def _packed_forward(xr: torch.Tensor, name: str, level: int) -> torch.Tensor:
     return out
 
 
-def _packed_inverse(cr: torch.Tensor, name: str, level: int) -> torch.Tensor:
-    """Inverse of :func:`_packed_forward`."""
+def _packed_inverse(cr: torch.Tensor, name: str, level: int, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Inverse of :func:`_packed_forward` (with the same ``shift``)."""
     if level == 0:
-        return cr.clone()
+        return torch.roll(cr, (-shift[0], -shift[1]), dims=(-2, -1)) if shift != (0, 0) else cr.clone()
     out = cr.clone() if level > 1 else cr
     big_h, big_w = out.shape[-2:]
     for k in range(level - 1, 0, -1):
         h, w = big_h >> k, big_w >> k
         blk = out[:, :h, :w]
         out[:, :h, :w] = _axis_inverse(_axis_inverse(blk, -2, name), -1, name)
-    return _axis_inverse(_axis_inverse(out, -2, name), -1, name)  # level 1: a new tensor
+    return _axis_inverse(_axis_inverse(out, -2, name, shift[0]), -1, name, shift[1])  # level 1: a new tensor
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,8 +312,16 @@ def _check_image(x, arg: str) -> torch.Tensor:
         raise ValueError(f"{arg}: expected at least 2 dimensions (..., H, W), got {_describe(x)}")
     if not (x.is_floating_point() or x.is_complex()):
         raise TypeError(f"{arg}: expected a floating or complex tensor, got {_describe(x)}")
-    check_finite(x, arg)
+    _check_finite_fast(x, arg)
     return x
+
+
+def _check_finite_fast(x: torch.Tensor, arg: str) -> None:
+    """``check_finite`` with one cheap reduction first: a NaN/Inf anywhere makes the sum
+    non-finite, so a finite sum proves the data finite; otherwise (NaN/Inf, or an overflowing
+    sum of finite values) the exact elementwise check decides."""
+    if not bool(torch.isfinite(x.sum())):
+        check_finite(x, arg)
 
 
 def _to_real_batch(x: torch.Tensor) -> tuple[torch.Tensor, bool, tuple[int, ...]]:
@@ -464,11 +489,12 @@ class WaveletTransform:
             ``(..., H, W)`` coefficients, same dtype and device as ``x``.
         """
         x = self._check(x, "x")
-        shift = _check_shift(shift)
-        if shift is not None:
-            x = torch.roll(x, shifts=shift, dims=(-2, -1))
+        return self._forward(x, _check_shift(shift) or (0, 0))
+
+    def _forward(self, x: torch.Tensor, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """:meth:`forward` without argument checks (for the reconstructions' inner loops)."""
         xr, is_c, lead = _to_real_batch(x)
-        return _from_real_batch(_packed_forward(xr, self.wavelet, self.level), is_c, lead)
+        return _from_real_batch(_packed_forward(xr, self.wavelet, self.level, shift), is_c, lead)
 
     def inverse(self, c, shift=None) -> torch.Tensor:
         """Image from packed coefficients (the inverse and the adjoint of :meth:`forward`).
@@ -482,12 +508,12 @@ class WaveletTransform:
             ``(..., H, W)`` image, same dtype and device as ``c``.
         """
         c = self._check(c, "c")
-        shift = _check_shift(shift)
+        return self._inverse(c, _check_shift(shift) or (0, 0))
+
+    def _inverse(self, c: torch.Tensor, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """:meth:`inverse` without argument checks (for the reconstructions' inner loops)."""
         cr, is_c, lead = _to_real_batch(c)
-        x = _from_real_batch(_packed_inverse(cr, self.wavelet, self.level), is_c, lead)
-        if shift is not None:
-            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(-2, -1))
-        return x
+        return _from_real_batch(_packed_inverse(cr, self.wavelet, self.level, shift), is_c, lead)
 
     adjoint = inverse
 

@@ -251,3 +251,15 @@ def test_cuda_matches_cpu():
         got = f(recon.cuda(), ref.cuda())
         assert got.device.type == "cuda"
         torch.testing.assert_close(got.cpu(), f(recon, ref), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(2, 75, 44), (1, 42, 43), (2, 11, 140)])
+def test_ssim_block_filtering_sizes_match_skimage(shape):
+    """Sizes whose valid region is not a multiple of the filtering block (and smaller than one)."""
+    rng = np.random.default_rng(5)
+    ref = rng.random(shape)
+    rec = np.abs(ref + 0.2 * rng.standard_normal(shape))
+    ours = ssim(torch.from_numpy(rec), torch.from_numpy(ref)).numpy()
+    want = [structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                  data_range=float(b.max() - b.min())) for a, b in zip(rec, ref)]
+    np.testing.assert_allclose(ours, want, atol=1e-10, rtol=0)

@@ -305,3 +305,35 @@ def test_select_parameters_finds_the_best(t1_problem):
     assert best == {"lam": 1e-3, "n_iter": 30}
     with pytest.raises(ValueError, match="grid"):
         select_parameters(cs_l1_wavelet, y, mask, ref, grid={"lam": []})
+
+
+def test_fast_soft_thresholds_equal_the_prox():
+    """The solvers' in-place soft-thresholds equal the reference prox ``_common.soft_threshold``."""
+    from mrtl.recon._common import soft_threshold
+    from mrtl.recon.cs import soft_threshold_
+    from mrtl.recon.spirit import _joint_soft_threshold_
+
+    gen = torch.Generator().manual_seed(3)
+    c = torch.randn(2, 4, 16, 16, dtype=torch.complex128, generator=gen)
+    c[0, 0, 0, 0] = 0  # |c| = 0 must give 0, not NaN
+    thr = torch.tensor([0.5, 1.2], dtype=torch.float64)[:, None, None, None]
+    want = soft_threshold(c, thr, joint_dim=1)
+    torch.testing.assert_close(_joint_soft_threshold_(c.clone(), thr), want, atol=1e-12, rtol=0)
+    c1 = c[:, 0]
+    want1 = soft_threshold(c1, thr[..., 0])
+    got = c1.clone()
+    l1 = soft_threshold_(got, thr[..., 0])
+    torch.testing.assert_close(got, want1, atol=1e-12, rtol=0)
+    torch.testing.assert_close(l1, want1.abs().sum(dim=(-2, -1)), atol=1e-10, rtol=0)
+    for z in (0.0,):  # threshold 0 is the identity (no NaN from 0/0)
+        got = c1.clone()
+        soft_threshold_(got, torch.full((2, 1, 1), z, dtype=torch.float64))
+        torch.testing.assert_close(got, c1)
+
+
+def test_spirit_apply_equals_broadcast_definition():
+    gen = torch.Generator().manual_seed(4)
+    G = torch.randn(2, 3, 3, 8, 8, dtype=torch.complex64, generator=gen)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.complex64, generator=gen)
+    torch.testing.assert_close(spirit_apply(x, G), (G * x.unsqueeze(-4)).sum(dim=-3))
+    torch.testing.assert_close(spirit_apply(x, G[0]), (G[0] * x.unsqueeze(-4)).sum(dim=-3))

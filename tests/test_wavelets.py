@@ -263,3 +263,33 @@ def test_shared_adjoint_helper():
     W = WaveletTransform((16, 32), "db4", 2)
     check_adjoint(W, (3, 16, 32), dtype=torch.complex128)
     check_adjoint(W, (3, 16, 32), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("level", [0, 1, 3])
+def test_shift_folded_into_matrices_equals_roll(level, backend):
+    """The cyclic shift is folded into the level-1 matrices (dense) or applied by the step
+    (conv): both must equal the definition, roll then transform, and invert exactly."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 16, 24, dtype=torch.float64, generator=gen)
+    W = WaveletTransform((16, 24), "db2", level)
+    for shift in [(5, -7), (-3, 0), (0, 11)]:
+        c = W.forward(x, shift=shift)
+        ref = _pywt_packed(torch.roll(x, shift, dims=(-2, -1)).numpy(), "db2", level) if level else None
+        if level:
+            np.testing.assert_allclose(c.numpy(), ref, atol=1e-10, rtol=0)
+        else:
+            torch.testing.assert_close(c, torch.roll(x, shift, dims=(-2, -1)))
+        torch.testing.assert_close(W.inverse(c, shift=shift), x, atol=1e-12, rtol=0)
+
+
+def test_nan_detected_by_fast_check():
+    W = WaveletTransform((8, 8), "db1", 1)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(2, 8, 8)
+        x[1, 3, 4] = bad
+        with pytest.raises(ValueError, match="x: contains 1 NaN/Inf"):
+            W.forward(x)
+    # finite values whose sum overflows are accepted (the exact check decides)
+    big = torch.full((2, 8, 8), 3e38, dtype=torch.float32)
+    assert torch.isfinite(W.forward(big.double())).all()
+    W.forward(big)  # no error

@@ -158,9 +158,12 @@ def finetune(model, data, cfg: StudyConfig, ckpt_dir: Path | None, seed: int, lr
 
     t0 = time.perf_counter()
     if cfg.ft_epochs > 0 and len(data) > 0:
+        # select_best=False: without a validation set, mrtl.train.finetune's model selection
+        # compares against a NaN epoch-0 score and would silently restore the pre-fine-tuning
+        # weights; we keep the last epoch (the paper fine-tunes for a fixed 100 epochs).
         _ft(model, data, None, epochs=cfg.ft_epochs, lr=cfg.lr_finetune if lr is None else lr,
             batch_size=min(cfg.ft_batch_size, len(data)), device=cfg.device, out_dir=ckpt_dir,
-            resume=ckpt_dir is not None, seed=seed, progress_bar=False)
+            resume=ckpt_dir is not None, seed=seed, progress_bar=False, select_best=False)
     return time.perf_counter() - t0
 
 

@@ -14,7 +14,8 @@ Presets:
   ``fastmri_dir``) and a GPU.
 - ``small``: the CPU preset used for ``results/small/``, the book and ``make demo``. 64x64
   images; cascades of 3 subnetworks x 16 channels (4 hidden layers); 80 pretraining images per
-  source (T1 has 78 bundled training slices), 2 epochs per subnetwork at lr 1e-3 (batch 16);
+  source (T1 has 78 bundled training slices), 2 epochs per subnetwork at lr 1e-3 (batch 4,
+  so 40 updates per subnetwork);
   15 fine-tuning epochs at lr 1e-4 on the 20 bundled T1 fine-tuning slices (batch 4, so 5
   updates per epoch); the from-scratch baseline gets the same 15 epochs at lr 1e-3. The
   learning rates are raised from the paper's because with 1e-4 / 1e-5 almost nothing is
@@ -123,7 +124,7 @@ class StudyConfig:
     lr_pretrain: float = 1e-3
     lr_finetune: float = 1e-4
     lr_scratch: float = 1e-3
-    batch_size: int = 16
+    batch_size: int = 4
     ft_batch_size: int = 4
     n_masks: int = 100
     natural_dir: str | None = None

@@ -191,7 +191,7 @@ def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
 
     def gradient(Ax, Wx, Dx):
         g = 2.0 * ifft2c((Ax - y) * m)
-        g = g + wav.adjoint(lam_r * Wx / torch.sqrt(_abs2(Wx) + mu))
+        g = g + _wadj(wav, lam_r * Wx / torch.sqrt(_abs2(Wx) + mu))
         if Dx is not None:
             g = g + _tv_diff_adjoint(tv_r * Dx / torch.sqrt(_abs2(Dx) + mu))
         return g
@@ -208,7 +208,7 @@ def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
     if random_shift:
         wav.draw()
     Ax = fft2c(x) * m
-    Wx = wav.forward(x)
+    Wx = _wfwd(wav, x)
     Dx = _tv_diff(x) if use_tv else None
     g0 = gradient(Ax, Wx, Dx)
     dx = -g0
@@ -222,7 +222,7 @@ def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
             dx = torch.where(bad[:, None, None], -g0, dx)
             gdx = _sum_hw((g0.conj() * dx).real)
         Adx = fft2c(dx) * m
-        Wdx = wav.forward(dx)
+        Wdx = _wfwd(wav, dx)
         Ddx = _tv_diff(dx) if use_tv else None
         f0 = fval(Ax, Adx, Wx, Wdx, Dx, Ddx, zero)
         t = t0.clone()
@@ -250,13 +250,45 @@ def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
         if random_shift and k + 1 < n_iter:
             # cycle spinning: the next iteration works with a new wavelet grid
             wav.draw()
-            Wx = wav.forward(x)
+            Wx = _wfwd(wav, x)
         g1 = gradient(Ax, Wx, Dx)
         bk = _sum_hw(_abs2(g1)) / (_sum_hw(_abs2(g0)) + torch.finfo(torch.float64).eps)
         bk = torch.where(failed, zero, bk).to(x.real.dtype)[:, None, None]
         dx = -g1 + bk * dx
         g0 = g1
     return x, hist
+
+
+def _wfwd(wav, x: torch.Tensor) -> torch.Tensor:
+    """``wav.forward(x)`` (``Psi_s x``) with the cyclic shift folded into the wavelet matrices
+    (no ``torch.roll`` copies) and without re-validating the solver's own iterates."""
+    return wav.wt._forward(x, wav.shift)
+
+
+def _wadj(wav, c: torch.Tensor) -> torch.Tensor:
+    """``wav.adjoint(c)`` (``Psi_s^H c``), as :func:`_wfwd`."""
+    return wav.wt._inverse(c, wav.shift)
+
+
+def soft_threshold_(c: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+    """In-place complex soft-thresholding of ``c`` at ``thr``; returns ``sum |result|`` (B,).
+
+    The same values as :func:`mrtl.recon._common.soft_threshold`
+    (``c * max(|c| - t, 0) / max(|c|, tiny)``) with fewer passes over memory; the L1 norm of
+    the result (needed for the objective) comes for free.
+    """
+    mag = c.abs()
+    shrunk = (mag - thr).clamp_(min=0)  # |result|
+    l1 = shrunk.sum(dim=-1).sum(dim=-1, dtype=torch.float64)  # row sums in float32: 6x faster
+    c.mul_(shrunk.div_(mag.clamp_(min=torch.finfo(mag.dtype).tiny)))
+    return l1
+
+
+def _masked_energy(d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``sum |d|^2`` over the sampled positions, per image, float64 (B,)."""
+    # vector_norm is a fast vectorised (cascade-summed) reduction; float32 accuracy is plenty
+    # for the objective history
+    return torch.linalg.vector_norm(torch.view_as_real(d.mul_(m)), dim=(-3, -2, -1)).to(torch.float64).square()
 
 
 def _fista(x, y, m, lam_b, wav, n_iter, random_shift, show):
@@ -272,15 +304,19 @@ def _fista(x, y, m, lam_b, wav, n_iter, random_shift, show):
         if random_shift:
             wav.draw()
         t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-        mom = (t - 1.0) / t_next if k > 0 else 0.0
-        kz = kx + mom * (kx - kx_prev)  # F z by linearity
-        z = x + mom * (x - x_prev)
+        if k > 0:
+            mom = (t - 1.0) / t_next
+            kz = torch.lerp(kx_prev, kx, 1.0 + mom)  # kx + mom (kx - kx_prev) = F z by linearity
+            z = torch.lerp(x_prev, x, 1.0 + mom)
+        else:
+            kz, z = kx, x
         # gradient step with step 1/2 == data-consistency projection
-        v = z + ifft2c(torch.where(m, y - kz, torch.zeros((), dtype=kz.dtype, device=kz.device)))
-        c = soft_threshold(wav.forward(v), thr)
+        v = ifft2c(torch.sub(y, kz).mul_(m)).add_(z)
+        c = _wfwd(wav, v)
+        l1 = soft_threshold_(c, thr)
         x_prev, kx_prev = x, kx
-        x = wav.adjoint(c)
+        x = _wadj(wav, c)
         kx = fft2c(x)
-        hist[:, k] = _sum_hw(_abs2((kx - y) * m)) + lam_b * _sum_hw(c.abs())
+        hist[:, k] = _masked_energy(kx - y, m) + lam_b * l1
         t = t_next
     return x, hist
