@@ -117,6 +117,10 @@ def _check_data(x, kspace, mask, maps=None, x_name="x"):
         raise ValueError(f"mask: expected (H, W) or (B, H, W), got shape {tuple(mask.shape)}")
     if mask.ndim == 3 and mask.shape[0] not in (1, kspace.shape[0]):
         raise ValueError(f"mask: batch size {mask.shape[0]} differs from kspace's {kspace.shape[0]}")
+    # a CPU mask (or maps) with GPU data would fail inside torch.where / the products
+    mask = mask.to(kspace.device)
+    if maps is not None:
+        maps = maps.to(kspace.device)
     return x, kspace, mask, maps
 
 

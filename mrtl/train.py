@@ -176,6 +176,17 @@ def as_train_data(dataset, cc: bool = True, name: str = "dataset") -> TrainData:
     shapes = {tuple(x.shape) for x in xs}
     if len(shapes) != 1:
         raise ValueError(f"{name}: all images must have one size, got {sorted(shapes)}")
+    for i in range(n):  # per sample, so that the error names the sample and the field
+        H, W = xs[i].shape[-2:]
+        for nm, t in (("kspace", ks[i]), ("mask", ms[i]), ("reference", rs[i]), ("maps", maps[i])):
+            if t is not None and tuple(t.shape[-2:]) != (H, W):
+                raise ValueError(f"{name}: sample {i} has {nm} of size {tuple(t.shape[-2:])} but zero_filled of size {(H, W)}; expected equal sizes")
+        if tuple(rs[i].shape) != tuple(xs[i].shape):
+            raise ValueError(f"{name}: sample {i} has reference of shape {tuple(rs[i].shape)} but zero_filled {tuple(xs[i].shape)}")
+        if maps[i] is not None and tuple(maps[i].shape) != tuple(ks[i].shape):
+            raise ValueError(f"{name}: sample {i} has maps of shape {tuple(maps[i].shape)} but kspace {tuple(ks[i].shape)}; expected one map per coil")
+    if len({tuple(k.shape) for k in ks}) != 1:
+        raise ValueError(f"{name}: all samples must have one k-space shape, got {sorted({tuple(k.shape) for k in ks})}")
     x_u, kspace, mask, ref = torch.stack(xs), torch.stack(ks), torch.stack(ms), torch.stack(rs)
     if mask.ndim == 2:
         mask = mask[None].expand(n, -1, -1)
@@ -403,7 +414,10 @@ def _run_phase(
         vl, vp = evaluate_val()
         history.append(dict(phase=phase, stage=stage, epoch=0, train_loss=float("nan"), val_loss=vl, val_psnr=vp,
                             lr=lr, seconds=0.0, images_per_s=float("nan")))
-        best = {"val_loss": vl, "epoch": 0, "state": stage_params()}
+        # without a validation set there is no epoch-0 score (the training loss of epoch 0 does
+        # not exist), so selection starts at epoch 1; a NaN "best" would never be beaten and
+        # select_best would silently undo the whole fine-tuning
+        best = {"val_loss": vl, "epoch": 0, "state": stage_params()} if val is not None else None
         _write_logs(out_dir, phase, history, rank)
 
     n = len(train)
@@ -776,12 +790,12 @@ def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progres
     records = []
     with torch.no_grad():
         for idx in progress(list(_batched(None, len(data), batch_size, "cpu")), desc="evaluate", enable=progress_bar):
-            b = data.batch(idx)
+            b = data.batch(idx.to(data.x_u.device))
             bd = {k: (None if v is None else v.to(device)) for k, v in b.items()}
             out = model.output(model.prefix(bd["x_u"], bd["kspace"], bd["mask"], bd["maps"], bd["G_img"], validate=False), bd["maps"]).cpu()
-            ref = b["reference"]
+            ref, x_u = b["reference"].cpu(), b["x_u"].cpu()  # TrainData may live on a GPU
             p, s = psnr(out, ref), ssim(out, ref)
-            pz, sz = psnr(b["x_u"], ref), ssim(b["x_u"], ref)
+            pz, sz = psnr(x_u, ref), ssim(x_u, ref)
             for j, i in enumerate(idx.tolist()):
                 m = data.meta[i] if data.meta else {"index": i}
                 records.append(dict(index=i, subject=m.get("subject"), source=m.get("source"), psnr=float(p[j]),
@@ -807,12 +821,21 @@ def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size:
             1 (the training convention normalises the reference that way) and undo it after.
 
     Returns:
-        Complex image(s) ``(B, H, W)`` (``(H, W)`` for unbatched input).
+        Complex image(s) ``(B, H, W)`` (``(H, W)`` for unbatched input), on the CPU.
     """
     from ._validate import check_complex, check_mask
 
     multi = model.coils == "multi"
     kspace = check_complex(kspace, "kspace", ndim=(3, 4) if multi else (2, 3))
+    # everything is prepared on the CPU and moved to ``device`` batch by batch (inputs may live
+    # on a GPU: mixing them with the CPU scale/output tensors below would fail)
+    kspace = kspace.detach().cpu()
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu()
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().cpu()
+    if isinstance(G_img, torch.Tensor):
+        G_img = G_img.detach().cpu()
     unbatched = kspace.ndim == (3 if multi else 2)
     if unbatched:
         kspace = kspace[None]
