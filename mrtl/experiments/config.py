@@ -13,19 +13,16 @@ Presets:
   Ntune 0-100, R 2-10). Needs user data (``natural_dir``, ``t1_dir``, ``t2_dir``,
   ``fastmri_dir``) and a GPU.
 - ``small``: the CPU preset used for ``results/small/``, the book and ``make demo``. 64x64
-  images; cascades of 3 subnetworks x 16 channels (4 hidden layers); 80 pretraining images per
-  source (T1 has 78 bundled training slices), 2 epochs per subnetwork at lr 1e-3 (batch 4,
-  so 40 updates per subnetwork);
-  15 fine-tuning epochs at lr 1e-4 on the 20 bundled T1 fine-tuning slices (batch 4, so 5
-  updates per epoch); the from-scratch baseline gets the same 15 epochs at lr 1e-3. The
-  learning rates are raised from the paper's because with 1e-4 / 1e-5 almost nothing is
-  learned in the few epochs a CPU allows (DESIGN.md, "Small-scale facts"). Sized so that
-  the single-coil transfer study (R = 4 and 8, three sources, CS and from-scratch) runs in a
-  few minutes on 2 free cores; the sweep uses R = 4, Ntrain 20/80, Ntune 0/2/4/8/20 and 10
-  fine-tuning (and from-scratch) epochs; the
-  multi-coil study R = 4, 4 virtual coils, 2 subnetworks x 12 channels, a 3x3 SPIRiT kernel
-  (the 8x8 calibration square of a 64x64 mask is too small for 5x5 or 7x7: L1-SPIRiT
-  diverged with 5x5).
+  images; cascades of 3 subnetworks x 32 channels (4 hidden layers); 128 pretraining images
+  per source (natural crops; T1 has only 78 bundled training slices, so its network sees all
+  78), 3 epochs per subnetwork at lr 1e-3 (batch 8, prefixes cached); 30 fine-tuning epochs at
+  lr 1e-4 on the 20 bundled T1 fine-tuning slices (batch 4, so 5 updates per epoch); the
+  from-scratch baseline gets the same 30 epochs at lr 1e-3. The learning rates are raised
+  from the paper's because with 1e-4 / 1e-5 almost nothing is learned in the few epochs a CPU
+  allows (DESIGN.md, "Small-scale facts"); the sizes are what fits the demo's time budget on
+  2 cores. The sweep uses R = 4, Ntrain 32/128, Ntune 0/2/4/8/20; the multi-coil study R = 4,
+  4 virtual coils, 2 subnetworks x 12 channels, a 3x3 SPIRiT kernel (the 8x8 calibration
+  square of a 64x64 mask is too small for 5x5 or 7x7: L1-SPIRiT diverged with 5x5).
 - ``tiny``: 32x32, 2 subnetworks of 8 channels, one epoch: for the test suite only; its
   numbers mean nothing.
 """
@@ -115,18 +112,18 @@ class StudyConfig:
     seed: int = 0
     size: int = 64
     R_list: tuple[int, ...] = (4, 8)
-    n_train: int = 80
+    n_train: int = 128
     n_test: int | None = None
     n_val: int = 0
     n_subnets: int = 3
-    width: int = 16
+    width: int = 32
     depth: int = 4
-    epochs: int = 2
-    ft_epochs: int = 15
+    epochs: int = 3
+    ft_epochs: int = 30
     lr_pretrain: float = 1e-3
     lr_finetune: float = 1e-4
     lr_scratch: float = 1e-3
-    batch_size: int = 4
+    batch_size: int = 8
     ft_batch_size: int = 4
     n_masks: int = 100
     natural_dir: str | None = None
@@ -335,7 +332,7 @@ class SweepConfig(StudyConfig):
 
     @classmethod
     def _small(cls) -> dict:
-        return dict(R_list=(4,), ft_epochs=10)
+        return dict(R_list=(4,), n_train_list=(32, 128))
 
     @classmethod
     def _full(cls) -> dict:

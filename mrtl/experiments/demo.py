@@ -1,8 +1,8 @@
 """``make demo`` / ``mrtl demo``: the single-coil transfer study at small scale on the bundled data.
 
-The preset is :meth:`TransferConfig.small` (64x64 images; cascades of 3 subnetworks x 16
-channels pretrained on 80 natural, T1 and (synthetic) T2 images, 2 epochs per subnetwork,
-fine-tuned for 15 epochs on 20 T1 slices, at R = 4 and 8; CS and a from-scratch baseline on
+The preset is :meth:`TransferConfig.small` (64x64 images; cascades of 3 subnetworks x 32
+channels pretrained on 128 natural, 78 T1 and 128 (synthetic) T2 images, 3 epochs per
+subnetwork, fine-tuned for 30 epochs on 20 T1 slices, at R = 4 and 8; CS and a from-scratch baseline on
 the same 24 T1 test slices and test masks). It prints our table beside the paper's with
 the headline numbers (:func:`mrtl.experiments.compare`) and writes a figure.
 """
