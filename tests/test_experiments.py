@@ -257,6 +257,10 @@ def test_sweep_resumes_finished_cells(tmp_path):
     pd.testing.assert_frame_equal(first.table, second.table)
     assert {"Natural-trained", "T1-trained", "Scratch"} <= set(first.table["method"])
     assert (tmp_path / "sweep.png").exists() and "convergence" in first.extra
+    # Other settings (here the fine-tuning budget) must not resume from cells computed with
+    # the old ones: every cell that depends on them is recomputed, none is reused silently.
+    third = ntune_sweep(cfg.replace(ft_epochs=2))
+    assert third.extra["cells_skipped"] == 0 and third.extra["cells_computed"] == 5
 
 
 def test_multicoil_tiny(tmp_path):

@@ -6,6 +6,9 @@ Everything here calls the public APIs of the lower layers (``mrtl.data``, ``mrtl
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import time
 from pathlib import Path
 from typing import Sequence
@@ -224,8 +227,22 @@ def setup(cfg: StudyConfig) -> None:
     seed_everything(cfg.seed)
 
 
+# Fields that do not change a trained network (where it is written, the grid axes).
+_NEUTRAL = ("output_dir", "num_threads", "scale", "R_list", "n_train_list", "n_tune_list", "device")
+
+
+def settings_fingerprint(cfg: StudyConfig) -> str:
+    """A short hash of every setting that changes the numbers (not paths or grid axes).
+
+    Checkpoints and sweep cells are keyed by it, so a rerun with other epochs, widths,
+    learning rates or seeds recomputes instead of resuming from work done with other settings.
+    """
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NEUTRAL}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def ckpt_dir(cfg: StudyConfig, name: str) -> Path | None:
-    """``<output_dir>/checkpoints/<name>`` (None when nothing is written)."""
+    """``<output_dir>/checkpoints/<fingerprint>/<name>`` (None when nothing is written)."""
     if cfg.output_dir is None:
         return None
-    return Path(cfg.output_dir) / "checkpoints" / name
+    return Path(cfg.output_dir) / "checkpoints" / settings_fingerprint(cfg) / name

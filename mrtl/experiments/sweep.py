@@ -21,9 +21,12 @@ __all__ = ["ntune_sweep"]
 class _Cells:
     """Finished grid cells as JSON files under ``<output_dir>/cells/`` (resumable sweep)."""
 
-    def __init__(self, output_dir: str | None):
+    def __init__(self, output_dir: str | None, cfg=None):
         self.dir = None if output_dir is None else Path(output_dir) / "cells"
         self.mem: dict[str, list[dict]] = {}
+        # A cell is reused only if it was computed with the same settings: a rerun after a
+        # change of epochs, widths, learning rates or seeds recomputes instead of mixing.
+        self.fingerprint = None if cfg is None else C.settings_fingerprint(cfg)
 
     @staticmethod
     def key(R, method, n_train, n_tune) -> str:
@@ -33,7 +36,10 @@ class _Cells:
         if key in self.mem:
             return self.mem[key]
         if self.dir is not None and (self.dir / f"{key}.json").exists():
-            rows = json.loads((self.dir / f"{key}.json").read_text())["rows"]
+            saved = json.loads((self.dir / f"{key}.json").read_text())
+            if saved.get("fingerprint") != self.fingerprint:
+                return None  # computed with other settings: recompute
+            rows = saved["rows"]
             self.mem[key] = rows
             return rows
         return None
@@ -41,7 +47,7 @@ class _Cells:
     def put(self, key: str, rows: list[dict], seconds: float) -> None:
         self.mem[key] = rows
         if self.dir is not None:
-            atomic_write_text(self.dir / f"{key}.json", json.dumps({"key": key, "seconds": round(seconds, 2), "rows": rows}))
+            atomic_write_text(self.dir / f"{key}.json", json.dumps({"key": key, "fingerprint": self.fingerprint, "seconds": round(seconds, 2), "rows": rows}))
 
 
 def ntune_sweep(cfg: SweepConfig | None = None) -> StudyResult:
@@ -71,7 +77,7 @@ def ntune_sweep(cfg: SweepConfig | None = None) -> StudyResult:
     cfg.validate()
     C.setup(cfg)
     t_start = time.perf_counter()
-    cells = _Cells(cfg.output_dir)
+    cells = _Cells(cfg.output_dir, cfg)
     skipped, computed = 0, 0
     tab, dom = table_id(cfg.target, sweep=True), domain_label(cfg.target)
     test_src = C.get_source(cfg.target, "test", cfg, cfg.n_test)
