@@ -50,12 +50,17 @@ def plot_transfer(table: pd.DataFrame, paper: pd.DataFrame | None = None):
             from .compare import METHOD_ALIASES
 
             pm = paper.set_index(["table", "R", "method", "stage"])["psnr_mean"]
+            paper_vals = []
             for xi, (_, row) in zip(x, order.iterrows()):
                 key = (tab, R, METHOD_ALIASES.get(row["method"], row["method"]), row["stage"])
                 if key in pm.index:
                     ax.plot([xi - 0.35, xi + 0.35], [pm[key]] * 2, "k-", lw=2)
+                    paper_vals.append(float(pm[key]))
+        else:
+            paper_vals = []
         lo = float((order["psnr_mean"] - order["psnr_std"]).min())
-        ax.set_ylim(max(0.0, lo - 2), float((order["psnr_mean"] + order["psnr_std"]).max()) + 1.5)
+        hi = max([float((order["psnr_mean"] + order["psnr_std"]).max())] + paper_vals)  # keep the paper's ticks in view
+        ax.set_ylim(max(0.0, lo - 2), hi + 1.5)
         ax.set_xticks(x, order["label"], fontsize=7, rotation=0)
         ax.set_title(f"table {tab}, test {g['test_domain'].iloc[0]}, R = {R}", fontsize=9)
         ax.set_ylabel("PSNR (dB)")
