@@ -2,7 +2,7 @@
 
 The preset is :meth:`TransferConfig.small` (64x64 images; cascades of 3 subnetworks x 32
 channels pretrained on 128 natural, 78 T1 and 128 (synthetic) T2 images, 3 epochs per
-subnetwork, fine-tuned for 30 epochs on 20 T1 slices, at R = 4 and 8; CS and a from-scratch baseline on
+subnetwork, fine-tuned for 30 epochs at lr 1e-3 on 20 T1 slices, at R = 4 and 8; CS and a from-scratch baseline on
 the same 24 T1 test slices and test masks). It prints our table beside the paper's with
 the headline numbers (:func:`mrtl.experiments.compare`) and writes a figure.
 """
