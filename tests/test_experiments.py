@@ -47,7 +47,11 @@ def test_full_preset_agrees_with_train_presets():
 
 def test_small_preset_uses_the_cpu_learning_rates():
     cfg = TransferConfig.small()
-    assert (cfg.lr_pretrain, cfg.lr_finetune) == (1e-3, 1e-4) and cfg.R_list == (4, 8) and cfg.size == 64
+    full = TransferConfig.full()
+    # larger rates than the paper's (a CPU affords few updates), and the from-scratch baseline
+    # gets exactly the fine-tuning budget (same rate, same epochs), so the comparison is fair
+    assert cfg.lr_pretrain > full.lr_pretrain and cfg.lr_finetune > full.lr_finetune
+    assert cfg.lr_scratch == cfg.lr_finetune and cfg.R_list == (4, 8) and cfg.size == 64
     assert set(cfg.sources) == {"natural", "t1", "t2"} and cfg.targets == ("t1",)
 
 
