@@ -95,3 +95,18 @@ def check_linear(op, x_shape, dtype: torch.dtype = torch.complex128, rtol: float
     err = float(torch.linalg.vector_norm(lhs - rhs))
     ref = float(torch.linalg.vector_norm(rhs))
     assert err <= rtol * max(ref, 1e-300), f"linearity test failed: relative error {err / max(ref, 1e-300):.3e}"
+
+
+def tiny_train_data(n=12, size=16, seed=0):
+    """A tiny synthetic single-coil ``TrainData`` (smooth random images normalized so the 99th
+    percentile is 1, per-sample random masks with a fully sampled centre) for trainer tests."""
+    from mrtl.fft import fft2c, ifft2c
+    from mrtl.train import TrainData
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.rand(n, 1, size + 3, size + 3, generator=g), 4, 1)[:, 0]
+    x = (x / x.flatten(1).quantile(0.99, dim=1)[:, None, None]).to(torch.complex64)
+    mask = torch.rand(n, size, size, generator=g) < 0.3
+    mask[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = True
+    k = fft2c(x) * mask
+    return TrainData(ifft2c(k), k, mask, x)

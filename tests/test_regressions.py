@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_train_data
 
-from mrtl.fft import fft2c, ifft2c
 from mrtl.models import Cascade
-from mrtl.train import TrainData, evaluate, finetune, reconstruct
+from mrtl.train import evaluate, finetune, reconstruct
 
 KW = dict(lr=1e-3, batch_size=4, progress_bar=False, device="cpu")
 
 
 def _tiny(n=8, size=16, seed=0):
     """Smooth random single-coil images, normalized (99th percentile 1), with per-sample masks."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.avg_pool2d(torch.rand(n, 1, size + 3, size + 3, generator=g), 4, 1)[:, 0]
-    x = (x / x.flatten(1).quantile(0.99, dim=1)[:, None, None]).to(torch.complex64)
-    mask = torch.rand(n, size, size, generator=g) < 0.3
-    mask[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = True
-    k = fft2c(x) * mask
-    return TrainData(ifft2c(k), k, mask, x)
+    return tiny_train_data(n, size, seed)
 
 
 def test_finetune_without_validation_set_still_updates_the_model():

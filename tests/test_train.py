@@ -8,15 +8,15 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_train_data
 
 from mrtl.data import UndersampledDataset, bundled
-from mrtl.fft import fft2c, ifft2c
+from mrtl.fft import fft2c
 from mrtl.masks import MaskBank
 from mrtl.models import Cascade
 from mrtl.train import (
     PAPER,
     SMALL,
-    TrainData,
     as_train_data,
     evaluate,
     finetune,
@@ -48,13 +48,7 @@ def _dataset(domain, split, size=64, R=4, n=None, bank_split="train", seed=0):
 
 def _tiny(n=12, size=16, seed=0):
     """A tiny synthetic single-coil set (smooth random images) for the mechanics tests."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.avg_pool2d(torch.rand(n, 1, size + 3, size + 3, generator=g), 4, 1)[:, 0]
-    x = (x / x.flatten(1).quantile(0.99, dim=1)[:, None, None]).to(torch.complex64)
-    mask = torch.rand(n, size, size, generator=g) < 0.3
-    mask[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = True
-    k = fft2c(x) * mask
-    return TrainData(ifft2c(k), k, mask, x)
+    return tiny_train_data(n, size, seed)
 
 
 KW = dict(lr=1e-3, batch_size=4, progress_bar=False, device="cpu")
