@@ -58,6 +58,7 @@ __all__ = [
     "reconstruct",
     "save_model",
     "load_model",
+    "model_from_checkpoint",
     "load_checkpoint",
     "TRAIN_KEYS",
     "FINETUNE_KEYS",
@@ -308,7 +309,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 def load_model(path, map_location="cpu") -> Cascade:
     """Rebuild a :class:`~mrtl.models.Cascade` from a checkpoint written by this module."""
-    ckpt = load_checkpoint(path, map_location)
+    return model_from_checkpoint(load_checkpoint(path, map_location))
+
+
+def model_from_checkpoint(ckpt: dict) -> Cascade:
+    """Rebuild a :class:`~mrtl.models.Cascade` from a checkpoint already read by :func:`load_checkpoint`."""
     model = Cascade(**ckpt["arch"])
     model.load_state_dict(ckpt["model"])
     model.image_shape = tuple(ckpt["image_shape"]) if ckpt.get("image_shape") else None

@@ -143,13 +143,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from .train import finetune, load_checkpoint, load_model
+    from .train import finetune, load_checkpoint, model_from_checkpoint
 
     cfg = load_config(args.config)
     if "model" in cfg:
         raise ValueError("config: a fine-tuning run takes the architecture from --from; remove the 'model' section")
     ck = load_checkpoint(getattr(args, "from"))
-    model = load_model(getattr(args, "from"))
+    model = model_from_checkpoint(ck)
     from ._validate import check_shape2d
 
     _check_size(ck.get("image_shape"), check_shape2d(cfg.get("data", {}).get("size", 64), "data.size"), "data.size")
@@ -166,10 +166,10 @@ def _cmd_finetune(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .train import evaluate, load_checkpoint, load_model
+    from .train import evaluate, load_checkpoint, model_from_checkpoint
 
     ck = load_checkpoint(args.ckpt)
-    model = load_model(args.ckpt)
+    model = model_from_checkpoint(ck)
     data = args.data
     _check_size(ck.get("image_shape"), (args.size, args.size), "--size")
     kw = dict(split=args.split, size=args.size, acceleration=args.acceleration, mask_seed=args.mask_seed,
@@ -210,11 +210,11 @@ def _read_array(path, what, key=None):
 
 
 def _cmd_reconstruct(args) -> int:
-    from .train import load_checkpoint, load_model, reconstruct
+    from .train import load_checkpoint, model_from_checkpoint, reconstruct
     from .utils import atomic_write_bytes
 
     ck = load_checkpoint(args.ckpt)
-    model = load_model(args.ckpt)
+    model = model_from_checkpoint(ck)
     k = torch.from_numpy(np.ascontiguousarray(_read_array(args.input, "--input", args.key)))
     mask = torch.from_numpy(np.ascontiguousarray(_read_array(args.mask, "--mask")))
     maps = None if args.maps is None else torch.from_numpy(np.ascontiguousarray(_read_array(args.maps, "--maps")))
