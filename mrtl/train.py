@@ -13,8 +13,12 @@ One trainer serves both phases:
 * the whole dataset is materialised once as tensors on the training device (masks stay fixed per
   sample); in sequential training the frozen prefix ``1..p-1`` is run once per stage and its
   output cached, so an epoch of stage p runs only subnetwork p and its DC/CC layers;
-* validation each epoch (loss and PSNR); the best epoch (lowest validation loss) of each stage
-  is kept (``select_best``) and written to ``best_<phase>.pt``;
+* validation each epoch (loss and PSNR); the best epoch of each stage (lowest validation loss,
+  or highest validation PSNR with ``select_on="psnr"``) is kept (``select_best``) and written to
+  ``best_<phase>.pt``; with ``patience`` a stage/phase stops early once that score has not
+  improved for ``patience`` epochs (the epoch count is then the maximum budget), the same rule
+  for pretraining and fine-tuning; ``summary_<phase>.json`` records per stage the best and stop
+  epochs and the learning curves;
 * ``checkpoint_<phase>.pt`` is written atomically after every epoch with the model, optimizer,
   RNG states (torch, numpy, python), phase, stage, epoch, the stage's best weights and the log;
   ``resume=True`` continues from it and reproduces an uninterrupted run bit for bit on CPU
@@ -362,12 +366,52 @@ def _inputs(model: Cascade, data: TrainData, idx, state=None):
     return x_in, b
 
 
+def _score(select_on: str, val_loss: float, val_psnr: float, train_loss: float, has_val: bool) -> float:
+    """The model-selection score of an epoch, lower is better: the validation loss, minus the
+    validation PSNR (``select_on="psnr"``), or the training loss when there is no validation set."""
+    if not has_val:
+        return train_loss
+    return -val_psnr if select_on == "psnr" else val_loss
+
+
+def _criterion(select_on: str, has_val: bool) -> str:
+    return ("val_psnr" if select_on == "psnr" else "val_loss") if has_val else "train_loss"
+
+
+def _phase_summary(history, phase, stage, epochs, patience, select_on, has_val, best, stopped) -> dict:
+    """Per phase/stage record: budget, stopping rule, best and stop epochs, learning curves."""
+    rows = [h for h in history if h.get("phase") == phase and h.get("stage") == stage]
+    crit = _criterion(select_on, has_val)
+    return {
+        "phase": phase, "stage": stage, "max_epochs": epochs, "patience": patience, "select_on": crit,
+        "best_epoch": None if best is None else int(best["epoch"]),
+        "best_score": None if best is None else float(best.get("metric", best.get("val_loss"))),
+        "stopped_epoch": int(stopped),
+        "early_stopped": bool(patience is not None and stopped < epochs),
+        "epochs": [int(r["epoch"]) for r in rows],
+        "val_psnr": [float(r["val_psnr"]) for r in rows],
+        "val_loss": [float(r["val_loss"]) for r in rows],
+        "train_loss": [float(r["train_loss"]) for r in rows],
+    }
+
+
 def _run_phase(
     *, model: Cascade, phase: str, stage: int, epochs: int, train: TrainData, val: Optional[TrainData],
     train_state, val_state, lr, betas, weight_decay, batch_size, seed, device, out_dir, resume_ckpt,
-    history, log_every, callback, select_best, rank, world, extra_ckpt, progress_bar,
+    history, log_every, callback, select_best, rank, world, extra_ckpt, progress_bar, patience=None,
+    select_on="loss",
 ):
-    """Train stage ``stage`` (or all, ``stage=0`` in fine-tuning) for ``epochs`` epochs."""
+    """Train stage ``stage`` (or all, ``stage=0`` in fine-tuning) for at most ``epochs`` epochs.
+
+    Early stopping: with ``patience`` set, stop once the selection score (``_score``) has not
+    improved (strictly) for ``patience`` epochs, i.e. after epoch ``best_epoch + patience``.
+    The best epoch and its weights live in the per-epoch checkpoint, so the number of epochs
+    since the best one (the patience counter) survives a resume.
+
+    Returns:
+        ``(best, summary)``: the best epoch's record (None when nothing was scored) and the
+        :func:`_phase_summary` of the phase.
+    """
     p = None if phase == "finetune" else stage
     params = [q for q in (model.parameters() if p is None else model.stage_parameters(p))]
     for q in model.parameters():
@@ -381,11 +425,14 @@ def _run_phase(
         module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=2.0 * weight_decay)
     coils = model.coils
+    has_val = val is not None
     start_epoch, best = 0, None
     if resume_ckpt is not None:
         opt.load_state_dict(resume_ckpt["optimizer"])
         start_epoch = int(resume_ckpt["epoch"])
         best = resume_ckpt.get("best")
+        if best is not None and "metric" not in best:  # a checkpoint from before early stopping
+            best = dict(best, metric=best["val_loss"], score=best["val_loss"])
         _set_rng_state(resume_ckpt["rng"])
 
     def evaluate_val():
@@ -415,6 +462,19 @@ def _run_phase(
             model.subnets[p - 1].load_state_dict({k: v for k, v in sd.items() if not k.startswith("dc.")})
             model.dcs[p - 1].load_state_dict({k[3:]: v for k, v in sd.items() if k.startswith("dc.")})
 
+    crit = _criterion(select_on, has_val)
+
+    def record(epoch, tl, vl, vp):
+        """The best-epoch record if epoch ``epoch`` improves (strictly) on the best so far."""
+        score = _score(select_on, vl, vp, tl, has_val)
+        if score != score:  # NaN never improves
+            return None
+        if best is None or score < best["score"]:
+            metric = {"val_psnr": vp, "val_loss": vl, "train_loss": tl}[crit]
+            return {"score": score, "metric": metric, "val_loss": vl if has_val else tl, "val_psnr": vp,
+                    "epoch": epoch, "state": stage_params()}
+        return None
+
     if phase == "finetune" and start_epoch == 0 and resume_ckpt is None:
         vl, vp = evaluate_val()
         history.append(dict(phase=phase, stage=stage, epoch=0, train_loss=float("nan"), val_loss=vl, val_psnr=vp,
@@ -422,12 +482,17 @@ def _run_phase(
         # without a validation set there is no epoch-0 score (the training loss of epoch 0 does
         # not exist), so selection starts at epoch 1; a NaN "best" would never be beaten and
         # select_best would silently undo the whole fine-tuning
-        best = {"val_loss": vl, "epoch": 0, "state": stage_params()} if val is not None else None
+        if has_val:
+            best = record(0, float("nan"), vl, vp)
         _write_logs(out_dir, phase, history, rank)
+
+    def stop_now(done_epochs):
+        return patience is not None and best is not None and done_epochs - int(best["epoch"]) >= patience
 
     n = len(train)
     model.train()
-    for epoch in range(start_epoch, epochs):
+    epoch = start_epoch
+    while epoch < epochs and not stop_now(epoch):
         order = _epoch_order(n, seed, phase, stage, epoch).to(train.x_u.device)
         t0 = time.perf_counter()
         tot, cnt = torch.zeros((), device=device), 0
@@ -456,27 +521,37 @@ def _run_phase(
             train_loss = float(t[0] / t[1].clamp_min(1))
         secs = time.perf_counter() - t0
         vl, vp = evaluate_val()
-        history.append(dict(phase=phase, stage=stage, epoch=epoch + 1, train_loss=train_loss, val_loss=vl, val_psnr=vp,
+        epoch += 1
+        history.append(dict(phase=phase, stage=stage, epoch=epoch, train_loss=train_loss, val_loss=vl, val_psnr=vp,
                             lr=lr, seconds=round(secs, 4), images_per_s=round(n / secs, 3) if secs > 0 else float("nan")))
-        score = vl if val is not None else train_loss
-        if best is None or score < best["val_loss"]:
-            best = {"val_loss": score, "epoch": epoch + 1, "state": stage_params()}
+        new = record(epoch, train_loss, vl, vp)
+        if new is not None:
+            best = new
         if out_dir is not None and rank == 0:
+            # the logs first, the checkpoint last: the checkpoint is the commit point of the
+            # epoch (a kill between the two redoes the epoch and rewrites the same logs)
+            _write_logs(out_dir, phase, history, rank)
             ckpt = {
                 "format": CKPT_FORMAT, "arch": model.config(), "model": _model_state(model), "optimizer": opt.state_dict(),
-                "rng": _rng_state(), "phase": phase, "stage": stage, "epoch": epoch + 1, "epochs": epochs, "best": best,
-                "history": history, "image_shape": list(train.shape), "complete": False,
+                "rng": _rng_state(), "phase": phase, "stage": stage, "epoch": epoch, "epochs": epochs, "best": best,
+                "since_best": None if best is None else epoch - int(best["epoch"]), "patience": patience,
+                "select_on": crit, "history": history, "image_shape": list(train.shape), "complete": False,
             }
             ckpt.update(extra_ckpt)
             atomic_save_torch(ckpt, Path(out_dir) / f"checkpoint_{phase}.pt")
-            _write_logs(out_dir, phase, history, rank)
-        if log_every and rank == 0 and (epoch + 1) % log_every == 0 and not os.environ.get("MRTL_QUIET"):
-            print(f"[{phase} stage {stage}] epoch {epoch + 1}/{epochs}: train {train_loss:.5f} val {vl:.5f} PSNR {vp:.2f} dB")
+        if log_every and rank == 0 and epoch % log_every == 0 and not os.environ.get("MRTL_QUIET"):
+            print(f"[{phase} stage {stage}] epoch {epoch}/{epochs}: train {train_loss:.5f} val {vl:.5f} PSNR {vp:.2f} dB")
+    stopped = epoch
+    if log_every and rank == 0 and not os.environ.get("MRTL_QUIET") and best is not None:
+        why = f"no {crit} improvement for {patience} epochs" if stop_now(stopped) and stopped < epochs else "budget reached"
+        print(f"[{phase} stage {stage}] stopped after epoch {stopped}/{epochs} ({why}); best epoch {best['epoch']} "
+              f"({crit} {best['metric']:.5g})")
     if select_best and best is not None:
         restore(best["state"])
     for q in model.parameters():
         q.requires_grad_(True)
-    return best
+    summary = _phase_summary(history, phase, stage, epochs, patience, select_on, has_val, best, stopped)
+    return best, summary
 
 
 def _write_logs(out_dir, phase, history, rank):
@@ -542,11 +617,12 @@ def _compute_prefix(model: Cascade, data: TrainData, upto: int, batch_size: int)
 
 TRAIN_KEYS = (
     "epochs_per_subnet", "lr", "betas", "weight_decay", "batch_size", "device", "amp", "tf32", "out_dir", "resume",
-    "seed", "cache_prefix", "select_best", "log_every", "progress_bar", "stages", "resample_masks",
+    "seed", "cache_prefix", "select_best", "patience", "select_on", "log_every", "progress_bar", "stages",
+    "resample_masks",
 )
 FINETUNE_KEYS = (
     "epochs", "lr", "betas", "weight_decay", "batch_size", "device", "amp", "tf32", "out_dir", "resume", "seed",
-    "select_best", "log_every", "progress_bar",
+    "select_best", "patience", "select_on", "log_every", "progress_bar",
 )
 
 
@@ -558,6 +634,26 @@ def _check_hparams(lr, betas, weight_decay, batch_size):
         check_float(b, f"betas[{i}]", low=0.0, high=1.0)
     check_float(weight_decay, "weight_decay", low=0.0)
     check_int(batch_size, "batch_size", low=1)
+
+
+def _check_stopping(patience, select_on, has_val):
+    from ._validate import check_choice
+
+    if patience is not None:
+        patience = check_int(patience, "patience", low=1)
+    check_choice(select_on, "select_on", ("loss", "psnr"))
+    if select_on == "psnr" and not has_val:
+        raise ValueError("select_on: 'psnr' selects epochs by validation PSNR and needs a val_set; "
+                         "give val_set or use select_on='loss' (training loss without a validation set)")
+    return patience
+
+
+def _write_summary(out_dir, phase, summaries, rank):
+    """``summary_<phase>.json``: per stage, the budget, stopping rule, best and stop epochs and the
+    learning curves (validation PSNR/loss and training loss per epoch)."""
+    if out_dir is None or rank != 0:
+        return
+    atomic_write_text(Path(out_dir) / f"summary_{phase}.json", json.dumps(summaries, indent=1, default=float))
 
 
 def train_sequential(
@@ -577,6 +673,8 @@ def train_sequential(
     seed: int = 0,
     cache_prefix: bool = True,
     select_best: bool = True,
+    patience: Optional[int] = None,
+    select_on: str = "loss",
     log_every: int = 0,
     progress_bar: bool = True,
     stages: Optional[Sequence[int]] = None,
@@ -603,7 +701,13 @@ def train_sequential(
         seed: seeds the batch order (and the global RNGs).
         cache_prefix: cache the frozen prefix output once per stage (False recomputes it every
             batch; same result, slower).
-        select_best: keep each stage's epoch with the lowest validation loss.
+        select_best: keep each stage's best epoch (by ``select_on``; the lowest training loss
+            without a validation set).
+        patience: early stopping: end a stage once its selection score has not improved for
+            ``patience`` consecutive epochs (so it stops after epoch ``best + patience``);
+            ``epochs_per_subnet`` is then the maximum budget. None: always run every epoch.
+        select_on: ``"loss"`` (validation loss, Eq. 5) or ``"psnr"`` (validation PSNR, needs
+            ``val_set``): the score that picks the best epoch and drives ``patience``.
         log_every: print a line every this many epochs (0: never).
         progress_bar: show tqdm bars (also silenced by ``MRTL_QUIET=1``).
         stages: train only these stages (1-based; default all).
@@ -614,11 +718,17 @@ def train_sequential(
             loss); raising from it interrupts training (used to test resume).
 
     Returns:
-        ``{"history": [per-epoch rows], "best": {stage: (epoch, val_loss)}, "out_dir": ...}``.
+        ``{"history": [per-epoch rows], "best": {stage: (epoch, score)}, "stages": {stage: summary},
+        "out_dir": ...}``: ``score`` is the selection criterion at the best epoch (validation
+        loss, validation PSNR in dB, or training loss without validation). Each summary holds
+        ``max_epochs, patience, select_on, best_epoch, best_score, stopped_epoch,
+        early_stopped`` and the learning curves ``epochs, val_psnr, val_loss, train_loss``; the
+        same list is written to ``summary_pretrain.json``.
     """
     device, rank, world = _common_setup(model, device, amp, tf32, seed)
     epochs_per_subnet = check_int(epochs_per_subnet, "epochs_per_subnet", low=0)
     _check_hparams(lr, betas, weight_decay, batch_size)
+    patience = _check_stopping(patience, select_on, val_set is not None)
     stages = list(range(1, model.n_subnets + 1)) if stages is None else [model._check_p(s) for s in stages]
     train = as_train_data(train_set, name="train_set").to(device)
     val = None if val_set is None else as_train_data(val_set, name="val_set").to(device)
@@ -633,17 +743,22 @@ def train_sequential(
     history: list = []
     done_stages: set = set()
     resume_stage = None
+    summaries: dict = {}
+    bests: dict = {}
     if ck is not None:
         # a stage whose epoch loop finished but was not yet marked done gets its best weights
-        # restored by _run_phase (start epoch == epochs, so only the selection runs)
+        # restored by _run_phase (its loop has nothing left to run, so only the selection runs)
         model.load_state_dict(ck["model"])
         history = list(ck["history"])
         done_stages = set(ck.get("done_stages", []))
         resume_stage = int(ck["stage"])
+        summaries = {int(k): v for k, v in (ck.get("summaries") or {}).items()}
+        bests = {int(k): tuple(v) for k, v in (ck.get("bests") or {}).items()}
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    bests = {}
+    if ck is not None:  # continue the RNG streams where the interrupted run was
+        _set_rng_state(ck["rng"])
     for p in stages:
         if p in done_stages:
             continue
@@ -658,27 +773,35 @@ def train_sequential(
         else:  # recompute the frozen prefix for every batch (same result, slower)
             train_state = _LazyPrefix(model, train, p - 1)
             val_state = None if val is None else _LazyPrefix(model, val, p - 1)
-        best = _run_phase(
+        best, summ = _run_phase(
             model=model, phase="pretrain", stage=p, epochs=epochs_per_subnet, train=train, val=val,
             train_state=train_state, val_state=val_state, lr=lr, betas=betas, weight_decay=weight_decay,
             batch_size=batch_size, seed=seed, device=device, out_dir=out_dir, resume_ckpt=rc, history=history,
             log_every=log_every, callback=callback, select_best=select_best, rank=rank, world=world,
-            extra_ckpt={"done_stages": sorted(done_stages)}, progress_bar=progress_bar,
+            extra_ckpt={"done_stages": sorted(done_stages), "summaries": dict(summaries), "bests": dict(bests)},
+            progress_bar=progress_bar, patience=patience, select_on=select_on,
         )
         done_stages.add(p)
+        summaries[p] = summ
         if best is not None:
-            bests[p] = (best["epoch"], best["val_loss"])
+            bests[p] = (best["epoch"], best["metric"])
         if out_dir is not None and rank == 0:
-            # mark the stage done (with its best weights restored) so that resume skips it
-            ckpt = {"format": CKPT_FORMAT, "arch": model.config(), "model": _model_state(model), "optimizer": {},
-                    "rng": _rng_state(), "phase": "pretrain", "stage": p, "epoch": epochs_per_subnet,
-                    "epochs": epochs_per_subnet, "best": None, "history": history, "image_shape": list(train.shape),
-                    "done_stages": sorted(done_stages), "complete": done_stages >= set(stages)}
-            atomic_save_torch(ckpt, Path(out_dir) / "checkpoint_pretrain.pt")
+            # everything derived from the stage first (model file, logs, summary), then the
+            # checkpoint that marks the stage done (with its best weights restored), so that a
+            # kill between these writes redoes only the selection and rewrites the same files
             save_model(model, Path(out_dir) / "best_pretrain.pt", image_shape=train.shape)
+            _write_logs(out_dir, "pretrain", history, rank)
+            _write_summary(out_dir, "pretrain", [summaries[k] for k in sorted(summaries)], rank)
+            ckpt = {"format": CKPT_FORMAT, "arch": model.config(), "model": _model_state(model), "optimizer": {},
+                    "rng": _rng_state(), "phase": "pretrain", "stage": p, "epoch": summ["stopped_epoch"],
+                    "epochs": epochs_per_subnet, "best": None, "history": history, "image_shape": list(train.shape),
+                    "done_stages": sorted(done_stages), "summaries": dict(summaries), "bests": dict(bests),
+                    "complete": done_stages >= set(stages)}
+            atomic_save_torch(ckpt, Path(out_dir) / "checkpoint_pretrain.pt")
     model.image_shape = train.shape
     _barrier(world)
-    return {"history": history, "best": bests, "out_dir": None if out_dir is None else str(out_dir)}
+    return {"history": history, "best": bests, "stages": {k: summaries[k] for k in sorted(summaries)},
+            "out_dir": None if out_dir is None else str(out_dir)}
 
 
 class _LazyPrefix:
@@ -716,6 +839,8 @@ def finetune(
     resume: bool = True,
     seed: int = 0,
     select_best: bool = True,
+    patience: Optional[int] = None,
+    select_on: str = "loss",
     log_every: int = 0,
     progress_bar: bool = True,
     callback: Optional[Callable[[dict], None]] = None,
@@ -726,16 +851,21 @@ def finetune(
         model: a (pre)trained :class:`~mrtl.models.Cascade`, tuned in place.
         tune_set: the Ntune target-domain samples.
         val_set: target-domain validation samples (or None).
-        epochs: fine-tuning epochs (paper: 100).
+        epochs: fine-tuning epochs (paper: 100); the maximum budget when ``patience`` is set.
         lr: Adam learning rate (paper: 1e-5).
+        patience, select_on: early stopping and the selection score, as :func:`train_sequential`;
+            with a validation set, epoch 0 (the weights before fine-tuning) is a candidate.
         Other arguments: as :func:`train_sequential` (files are ``*_finetune.*``).
 
     Returns:
-        ``{"history": rows (epoch 0 = before fine-tuning), "best": (epoch, val_loss), "out_dir"}``.
+        ``{"history": rows (epoch 0 = before fine-tuning), "best": (epoch, score), "summary":
+        {...}, "out_dir"}`` with ``score`` and the summary as in :func:`train_sequential`
+        (the summary is also written to ``summary_finetune.json`` as a one-element list).
     """
     device, rank, world = _common_setup(model, device, amp, tf32, seed)
     epochs = check_int(epochs, "epochs", low=0)
     _check_hparams(lr, betas, weight_decay, batch_size)
+    patience = _check_stopping(patience, select_on, val_set is not None)
     tune = as_train_data(tune_set, name="tune_set").to(device)
     val = None if val_set is None else as_train_data(val_set, name="val_set").to(device)
     _check_compatible(model, tune, "tune_set")
@@ -750,25 +880,31 @@ def finetune(
         history = list(ck["history"])
         if ck.get("complete"):
             model.image_shape = tune.shape
-            return {"history": history, "best": None, "out_dir": str(out_dir)}
+            return {"history": history, "best": None if ck.get("best_result") is None else tuple(ck["best_result"]),
+                    "summary": ck.get("summary"), "out_dir": str(out_dir)}
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    best = _run_phase(
+    best, summ = _run_phase(
         model=model, phase="finetune", stage=0, epochs=epochs, train=tune, val=val, train_state=None, val_state=None,
         lr=lr, betas=betas, weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device, out_dir=out_dir,
         resume_ckpt=ck, history=history, log_every=log_every, callback=callback, select_best=select_best, rank=rank,
-        world=world, extra_ckpt={}, progress_bar=progress_bar,
+        world=world, extra_ckpt={}, progress_bar=progress_bar, patience=patience, select_on=select_on,
     )
     model.image_shape = tune.shape
+    best_result = None if best is None else (best["epoch"], best["metric"])
     if out_dir is not None and rank == 0:
-        ckpt = {"format": CKPT_FORMAT, "arch": model.config(), "model": _model_state(model), "optimizer": {},
-                "rng": _rng_state(), "phase": "finetune", "stage": 0, "epoch": epochs, "epochs": epochs, "best": None,
-                "history": history, "image_shape": list(tune.shape), "complete": True}
-        atomic_save_torch(ckpt, Path(out_dir) / "checkpoint_finetune.pt")
+        # derived files first, the completion checkpoint last (see train_sequential)
         save_model(model, Path(out_dir) / "best_finetune.pt", image_shape=tune.shape)
+        _write_logs(out_dir, "finetune", history, rank)
+        _write_summary(out_dir, "finetune", [summ], rank)
+        ckpt = {"format": CKPT_FORMAT, "arch": model.config(), "model": _model_state(model), "optimizer": {},
+                "rng": _rng_state(), "phase": "finetune", "stage": 0, "epoch": summ["stopped_epoch"], "epochs": epochs,
+                "best": None, "history": history, "image_shape": list(tune.shape), "summary": summ,
+                "best_result": best_result, "complete": True}
+        atomic_save_torch(ckpt, Path(out_dir) / "checkpoint_finetune.pt")
     _barrier(world)
-    return {"history": history, "best": None if best is None else (best["epoch"], best["val_loss"]),
+    return {"history": history, "best": best_result, "summary": summ,
             "out_dir": None if out_dir is None else str(out_dir)}
 
 

@@ -137,8 +137,9 @@ def _cmd_train(args) -> int:
     kw.setdefault("out_dir", "runs/train")
     res = train_sequential(model, train_set, val_set, **kw)
     last = res["history"][-1] if res["history"] else {}
+    stops = ", ".join(f"{p}: best {s['best_epoch']}/stopped {s['stopped_epoch']}" for p, s in res.get("stages", {}).items())
     print(f"trained {model.n_subnets} subnetworks; last val PSNR {last.get('val_psnr', float('nan')):.2f} dB; "
-          f"model: {Path(kw['out_dir']) / 'best_pretrain.pt'}")
+          f"epochs per stage ({stops}); model: {Path(kw['out_dir']) / 'best_pretrain.pt'}")
     return 0
 
 

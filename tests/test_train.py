@@ -219,3 +219,117 @@ def test_errors():
         finetune("not a model", tr, **KW)
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         load_model("/nonexistent/ckpt.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# early stopping (patience) and selection by validation PSNR
+
+
+def _stop_rule(curve, first_epoch, patience, budget):
+    """Independent statement of the rule: the best epoch is the first maximum of the validation
+    PSNR so far; the run stops after the first epoch ``e`` with ``e - best(e) >= patience``, or at
+    ``budget``. ``curve[i]`` is the score of epoch ``first_epoch + i``."""
+    best = first_epoch
+    for i, v in enumerate(curve):
+        e = first_epoch + i
+        if v > curve[best - first_epoch]:
+            best = e
+        if e - best >= patience:
+            return best, e
+    return best, first_epoch + len(curve) - 1
+
+
+def _skimage_val_psnr(model, val, upto=None):
+    """Mean validation PSNR of the cascade's output after ``upto`` stages, by scikit-image."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    with torch.no_grad():
+        out = model(val.x_u, val.kspace, val.mask, upto=upto).abs().double().numpy()
+    ref = val.reference.abs().double().numpy()
+    return sum(peak_signal_noise_ratio(r, o, data_range=r.max() - r.min()) for r, o in zip(ref, out)) / len(ref)
+
+
+def test_early_stopping_stops_patience_epochs_after_the_best_epoch_and_keeps_its_weights(tmp_path):
+    tr, va = _tiny(12, seed=0), _tiny(6, seed=1)
+    kw = dict(KW, lr=3e-2, select_on="psnr")
+    budget, pat = 8, 2
+    full = train_sequential(Cascade(2, width=4, depth=1, seed=0), tr, va, epochs_per_subnet=budget, **kw)
+    m = Cascade(2, width=4, depth=1, seed=0)
+    res = train_sequential(m, tr, va, epochs_per_subnet=budget, patience=pat, out_dir=tmp_path / "pre", **kw)
+    early = 0
+    for p in (1, 2):
+        s = res["stages"][p]
+        curve = s["val_psnr"]
+        assert s["epochs"] == list(range(1, len(curve) + 1))
+        assert curve == [r["val_psnr"] for r in res["history"] if r["stage"] == p]
+        best, stop = _stop_rule(curve, 1, pat, budget)
+        assert (s["best_epoch"], s["stopped_epoch"]) == (best, stop)
+        assert s["early_stopped"] == (stop < budget)
+        if stop < budget:
+            early += 1
+            assert stop == best + pat and len(curve) == stop
+        assert res["best"][p] == (best, pytest.approx(max(curve)))
+        # the kept weights are the best epoch's: an independent PSNR of stage p's output
+        assert _skimage_val_psnr(m, va, upto=p) == pytest.approx(max(curve), abs=1e-3)
+    assert early >= 1  # the setting is chosen so that the rule fires
+    # stage 1 of the run without early stopping went through the same epochs first
+    c1 = res["stages"][1]["val_psnr"]
+    assert full["stages"][1]["val_psnr"][: len(c1)] == c1 and len(full["stages"][1]["val_psnr"]) == budget
+    # recorded in the files too
+    summ = json.loads((tmp_path / "pre" / "summary_pretrain.json").read_text())
+    assert [(d["stage"], d["best_epoch"], d["stopped_epoch"]) for d in summ] == [
+        (p, res["stages"][p]["best_epoch"], res["stages"][p]["stopped_epoch"]) for p in (1, 2)]
+    rows = json.loads((tmp_path / "pre" / "log_pretrain.json").read_text())
+    assert [r["val_psnr"] for r in rows if r["stage"] == 2] == pytest.approx(res["stages"][2]["val_psnr"])
+
+    # fine-tuning: epoch 0 (before fine-tuning) is a candidate too
+    ft = finetune(m, tr, va, epochs=budget, patience=pat, out_dir=tmp_path / "ft", **dict(kw, lr=1e-2))
+    s = ft["summary"]
+    assert s["epochs"][0] == 0
+    best, stop = _stop_rule(s["val_psnr"], 0, pat, budget)
+    assert (s["best_epoch"], s["stopped_epoch"]) == (best, stop)
+    assert _skimage_val_psnr(m, va) == pytest.approx(max(s["val_psnr"]), abs=1e-3)
+    assert json.loads((tmp_path / "ft" / "summary_finetune.json").read_text())[0]["stopped_epoch"] == stop
+
+
+def test_early_stopping_resumes_with_its_counter(tmp_path):
+    """Killed after the best epoch, the resumed run keeps counting from the best epoch in the
+    checkpoint (not from the restart) and ends exactly like the uninterrupted run."""
+    tr, va = _tiny(12, seed=0), _tiny(6, seed=1)
+    kw = dict(KW, lr=3e-2, select_on="psnr", epochs_per_subnet=8, patience=2)
+    ref = Cascade(2, width=4, depth=1, seed=0)
+    r0 = train_sequential(ref, tr, va, **kw)
+    s1 = r0["stages"][1]
+    assert s1["early_stopped"]
+
+    class Boom(Exception):
+        pass
+
+    steps = {"n": 0}
+
+    def cb(info):  # kill in the last epoch of stage 1 (3 steps per epoch)
+        steps["n"] += 1
+        if info["stage"] == 1 and info["epoch"] == s1["stopped_epoch"] - 1:
+            raise Boom
+
+    m = Cascade(2, width=4, depth=1, seed=0)
+    with pytest.raises(Boom):
+        train_sequential(m, tr, va, out_dir=tmp_path, callback=cb, **kw)
+    ck = load_checkpoint(tmp_path / "checkpoint_pretrain.pt")
+    assert ck["epoch"] == s1["stopped_epoch"] - 1 and ck["best"]["epoch"] == s1["best_epoch"]
+    assert ck["since_best"] == ck["epoch"] - s1["best_epoch"] and ck["patience"] == 2
+    m = Cascade(2, width=4, depth=1, seed=9)
+    r1 = train_sequential(m, tr, va, out_dir=tmp_path, **kw)
+    assert r1["stages"] == r0["stages"] and r1["best"] == r0["best"]
+    assert all(torch.equal(a, b) for a, b in zip(_weights(ref), _weights(m)))
+
+
+def test_early_stopping_arguments_are_checked():
+    tr = _tiny(4)
+    m = Cascade(1, width=4, depth=1)
+    with pytest.raises(ValueError, match="patience"):
+        train_sequential(m, tr, tr, epochs_per_subnet=1, patience=0, **KW)
+    with pytest.raises(ValueError, match="select_on"):
+        finetune(m, tr, tr, epochs=1, select_on="ssim", **KW)
+    with pytest.raises(ValueError, match="select_on.*val_set"):
+        finetune(m, tr, None, epochs=1, select_on="psnr", **KW)
