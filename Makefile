@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export MPLBACKEND := Agg
 
-.PHONY: all install demo test test-fast book book-check reproduce bench clean help
+.PHONY: all install demo test test-fast book book-check notebooks reproduce bench clean help
 
 help:
 	@echo "make demo       run the single-coil transfer-learning study on the bundled data (small scale)"
 	@echo "make test       run the test suite"
 	@echo "make book       build the course (jupyter-book, every notebook executed) into _build/html"
+	@echo "make notebooks  regenerate the Colab notebooks book/**/*.ipynb from the MyST chapters"
 	@echo "make reproduce  run every study notebook through papermill (STUDY=..., SCALE=small|full)"
 	@echo "make bench      print the benchmark tables"
 
@@ -33,9 +34,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The book build: MathJax is served from the site (tools/fetch_mathjax.py, pinned and checked),
+# the Colab notebooks must match their chapters, every notebook is executed. In the built pages
+# widgets become static figures (MRTL_STATIC_FIGURES) and progress bars are off (MRTL_QUIET);
+# the kernel's startup warning about its local TCP sockets is dropped from the log.
 book: $(STAMP)
+	$(PY) tools/fetch_mathjax.py
+	$(PY) tools/make_notebooks.py --check
 	$(VENV)/bin/jupyter-book clean .
-	$(VENV)/bin/jupyter-book build . -n -W --keep-going
+	MRTL_QUIET=1 MRTL_STATIC_FIGURES=1 bash -o pipefail -c '$(VENV)/bin/jupyter-book build . -n -W --keep-going 2>&1 \
+	  | grep -v --line-buffered "Kernel is running over TCP without encryption"'
+
+notebooks: $(STAMP)
+	$(PY) tools/make_notebooks.py
 
 book-check: $(STAMP)
 	$(PY) -m pytest -q tests/test_book_browser.py

@@ -1,23 +1,30 @@
-"""The built course in a real browser: every page of ``_build/html`` opened in headless Chromium.
+"""The built course: its HTML, and every page of ``_build/html`` opened in headless Chromium.
 
-Run after ``make book``. Python playwright drives Debian's Chromium
-(``apt-get install chromium``; ``playwright install`` is never used, it downloads browsers).
-For every HTML page the test checks that it loads (HTTP 200 from a local server), that every
-``<img>`` decoded to a non-zero natural size, that no notebook cell output holds a traceback or
-an error, and that the browser console logged no error (the known noise of sphinx-thebe,
+Run after ``make book``. Without a browser, the HTML of each chapter and study page must show at
+least the number of figures of ``MIN_FIGURES`` (one row per page) and its cell outputs must hold no
+warning, traceback, stderr stream or absolute path of the machine that built it.
+
+In the browser (python playwright driving Debian's Chromium, ``apt-get install chromium``;
+``playwright install`` is never used, it downloads browsers), every HTML page must load (HTTP 200
+from a local server), every ``<img>`` must decode to a non-zero natural size, no cell output may
+hold a traceback or an error, and the console may log no error (the known noise of sphinx-thebe,
 "THEBE_JS_URL has already been declared", is allowed). The browser is offline: requests that
-leave the local server (the MathJax CDN) are answered with an empty response, so the result
-does not depend on the network; an image that needs the network therefore fails the test.
-A full-page screenshot of chapter 5 is saved to ``_build/screenshots/ch05.png``.
+leave the local server are answered with an empty response, so MathJax must come from the site
+itself and every displayed and inline equation must be typeset by it (no raw TeX left, no
+MathJax error). A full-page screenshot of every chapter and study page at 1280 px is saved to
+``_build/screenshots/<page>.png``.
 
-Skips (with the reason) when the book is not built or Chromium / playwright is missing.
+Skips (with the reason) when the book is not built or Chromium / playwright is missing; in CI
+(``CI=true``) a missing piece is an error instead.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import http.server
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -32,6 +39,21 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 # "Identifier 'THEBE_JS_URL' has already been declared".
 ALLOWED_CONSOLE_ERRORS = (("THEBE_JS_URL", "already been declared"),)
 CH05 = "book/05_transfer_learning.html"
+# Figures (images in cell outputs) each page must show in the built book; the numbers are what the
+# code of each page draws, so a page whose figures disappear (e.g. plotting without an inline
+# backend) fails.
+MIN_FIGURES = {
+    "book/01_kspace.html": 8,
+    "book/02_compressed_sensing.html": 7,
+    "book/03_parallel_imaging.html": 5,
+    "book/04_data_consistency.html": 5,
+    "book/05_transfer_learning.html": 5,
+    "book/06_multicoil.html": 3,
+    "book/07_reproducing.html": 2,
+    "book/experiments/transfer.html": 1,
+    "book/experiments/sweep.html": 1,
+    "book/experiments/multicoil.html": 1,
+}
 SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
 
 
@@ -67,7 +89,70 @@ def _skip_reason() -> str | None:
 _IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 if _IN_CI and _skip_reason() is not None:
     raise RuntimeError(f"browser test cannot run in CI: {_skip_reason()}")
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+needs_browser = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+needs_book = pytest.mark.skipif(not PAGES, reason=f"the book is not built ({HTML / 'index.html'} missing): run `make book` first")
+
+# --- the built HTML, without a browser ----------------------------------------------------------
+
+# What must never reach a reader: warnings and tracebacks, stderr streams, the builder's paths.
+_NOISE = [
+    (re.compile(r"\b\w*Warning\b"), "a warning"),
+    (re.compile(r"Traceback \(most recent call last\)|\bError:"), "a traceback or error"),
+    (re.compile(r'class="output stderr"'), "a stderr stream"),
+    (re.compile(r"(?:/work/|/home/|/root/|/tmp/|/Users/|site-packages|\.venv/)"), "an absolute path"),
+    (re.compile(r"\x1b\[|\[\d+(?:;\d+)*m"), "terminal escape codes"),
+]
+
+
+def _html(page: str) -> str:
+    return (HTML / page).read_text(errors="replace")
+
+
+def _cell_outputs(page: str) -> list[str]:
+    text = _html(page)
+    starts = [m.start() for m in re.finditer(r'<div class="cell_output docutils container">', text)]
+    ends = starts[1:] + [len(text)]
+    out = []
+    for a, b in zip(starts, ends):
+        chunk = text[a:b]
+        cut = chunk.find('<div class="cell docutils container')
+        out.append(chunk[:cut] if cut > 0 else chunk)
+    return out
+
+
+@needs_book
+@pytest.mark.parametrize("page", sorted(MIN_FIGURES))
+def test_page_shows_its_figures(page):
+    assert page in PAGES, f"{page} is not in the built book"
+    figures = sum(len(re.findall(r"<img\b", o)) for o in _cell_outputs(page))
+    assert figures >= MIN_FIGURES[page], f"{page}: {figures} figures in the cell outputs, expected at least {MIN_FIGURES[page]}"
+
+
+@needs_book
+@pytest.mark.parametrize("page", sorted(MIN_FIGURES))
+def test_outputs_hold_no_warnings_tracebacks_or_paths(page):
+    problems = []
+    for out in _cell_outputs(page):
+        text = html.unescape(re.sub(r"<img[^>]*>", "", out))
+        for pattern, what in _NOISE:
+            m = pattern.search(text)
+            if m:
+                start = max(0, m.start() - 80)
+                problems.append(f"{what}: ...{re.sub(r'<[^>]+>', '', text[start:m.end() + 80]).strip()}...")
+    assert not problems, f"{page}: rendered output shows {problems[:3]}"
+
+
+@needs_book
+def test_mathjax_is_served_by_the_site():
+    page = _html("book/01_kspace.html")
+    scripts = re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', page, re.I)
+    assert scripts, "book/01_kspace.html loads no MathJax"
+    for src in scripts:
+        assert not src.startswith(("http:", "https:", "//")), f"MathJax comes from the network: {src}"
+        assert (HTML / "book" / src.split("?")[0]).resolve().exists(), f"{src} is not in the built site"
+
+
+# --- in the browser -----------------------------------------------------------------------------
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -163,6 +248,7 @@ def _open(context, server, page_path):
     return page, response, errors
 
 
+@needs_browser
 @pytest.mark.parametrize("page_path", PAGES or ["<book not built>"])
 def test_page_loads_cleanly(context, server, page_path):
     page, response, errors = _open(context, server, page_path)
@@ -182,27 +268,52 @@ def test_page_loads_cleanly(context, server, page_path):
         page.close()
 
 
-def test_chapters_have_figures(context, server):
-    """Every chapter page shows at least one figure produced by its code (a PNG output)."""
-    chapters = [p for p in PAGES if p.startswith("book/0")]
-    assert len(chapters) == 7, f"expected 7 chapter pages, found {chapters}"
-    for page_path in chapters[:4]:
-        page, _, _ = _open(context, server, page_path)
-        try:
-            n = page.evaluate("() => document.querySelectorAll('.cell_output img').length")
-            assert n >= 2, f"{page_path}: expected figures in the cell outputs, found {n}"
-        finally:
-            page.close()
+_MATH = """
+async () => {
+  if (!window.MathJax || !MathJax.startup) return {error: "MathJax did not load"};
+  await MathJax.startup.promise;
+  const article = document.querySelector("article") || document.body;
+  const maths = Array.from(article.querySelectorAll(".math"));
+  const untypeset = maths.filter((m) => !m.querySelector("mjx-container")).map((m) => m.textContent.slice(0, 80));
+  const errors = Array.from(article.querySelectorAll("mjx-merror")).map((e) => e.textContent.slice(0, 80));
+  const clone = article.cloneNode(true);
+  clone.querySelectorAll("pre, code, script, style, mjx-container, .cell_input").forEach((n) => n.remove());
+  const text = clone.textContent;
+  const raw = ["\\\\(", "\\\\[", "$$", "\\\\frac", "\\\\begin{"].filter((s) => text.includes(s));
+  return {n: maths.length, typeset: article.querySelectorAll("mjx-container").length, untypeset, errors, raw};
+}
+"""
 
 
-def test_screenshot_chapter5(context, server):
-    assert CH05 in PAGES, f"{CH05} is not in the built book"
-    page, response, _ = _open(context, server, CH05)
+@needs_browser
+@pytest.mark.parametrize("page_path", sorted(MIN_FIGURES))
+def test_equations_render_offline(context, server, page_path):
+    """Every equation is typeset by the site's own MathJax with the network cut: no raw TeX."""
+    page, _, _ = _open(context, server, page_path)
+    try:
+        res = page.evaluate(_MATH)
+    finally:
+        page.close()
+    assert "error" not in res, f"{page_path}: {res.get('error')} (is MathJax served from _static/mathjax?)"
+    assert not res["untypeset"], f"{page_path}: equations left as TeX: {res['untypeset'][:3]}"
+    assert not res["errors"], f"{page_path}: MathJax errors: {res['errors'][:3]}"
+    assert not res["raw"], f"{page_path}: raw TeX in the text: {res['raw']}"
+    if page_path.startswith("book/0"):
+        assert res["n"] > 0 and res["typeset"] >= res["n"], f"{page_path}: {res}"
+
+
+@needs_browser
+@pytest.mark.parametrize("page_path", sorted(MIN_FIGURES))
+def test_screenshot(context, server, page_path):
+    """A full-page screenshot at 1280 px per chapter and study page, with figures and maths in."""
+    assert page_path in PAGES, f"{page_path} is not in the built book"
+    page, response, _ = _open(context, server, page_path)
     try:
         assert response.ok
         page.evaluate(_WAIT_FOR_IMAGES)
+        page.evaluate("async () => { if (window.MathJax && MathJax.startup) await MathJax.startup.promise; }")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        out = SCREENSHOTS / "ch05.png"
+        out = SCREENSHOTS / (page_path.removeprefix("book/").replace("/", "_").removesuffix(".html") + ".png")
         page.screenshot(path=str(out), full_page=True)
     finally:
         page.close()
