@@ -9,17 +9,30 @@ from pathlib import Path
 __all__ = ["add_commands"]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
 def _reproduce(args: argparse.Namespace) -> int:
-    from .runner import NOTEBOOKS, parse_parameters, run_study
+    from .runner import NOTEBOOKS, check_parameters, parse_parameters, run_study
 
     params = parse_parameters(args.parameters)
     studies = list(NOTEBOOKS) if args.study == "all" else [args.study]
     if args.output is not None and len(studies) > 1:
         raise ValueError("--output: give one --study (or use --results-root for all)")
+    for study in studies:  # every study's parameters are checked before any of them runs
+        check_parameters(study, args.scale, params)
     for study in studies:
         print(f"mrtl reproduce: {study} at scale {args.scale} ...", flush=True)
         final = run_study(study, args.scale, params, results_root=args.results_root, run_id=args.run_id,
-                          resume=args.resume, output=args.output, log_output=args.log_output, timeout=args.timeout)
+                          resume=args.resume, output=args.output, log_output=args.log_output, timeout=args.timeout,
+                          overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints)
         print(f"mrtl reproduce: {study} done -> {final}")
         csv = final / f"{study}.csv"
         if csv.exists():
@@ -61,12 +74,19 @@ def add_commands(sub) -> None:
     p.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="notebook parameter (YAML value), e.g. -p R_list '[4, 8]' -p device cuda")
     p.add_argument("--run-id", default=None, help="name of the run folder (default <scale>-<timestamp>)")
-    p.add_argument("--resume", action="store_true", help="continue the latest unfinished run (finished sweep cells are skipped)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an unfinished run: --run-id, or else the latest of this study and scale "
+                        "(finished checkpoints and sweep cells are reused)")
     p.add_argument("--output", default=None, help="final folder instead of results/<study>/<run-id> "
-                                                  "(e.g. results/small/transfer)")
+                                                  "(e.g. results/small/transfer); must be new, empty or a run folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run at the destination (only files that run wrote; anything else "
+                        "there makes it refuse)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the model checkpoints in the run folder (deleted after success by default)")
     p.add_argument("--results-root", default=None, help="root of the results tree (default: the repository's results/)")
     p.add_argument("--log-output", action="store_true", help="stream the notebook's output")
-    p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p.add_argument("--timeout", type=_positive_int, default=None, help="per-cell timeout in seconds")
     p.set_defaults(func=_reproduce)
 
     c = sub.add_parser("compare", help="our results beside the paper's, with the headline numbers",
