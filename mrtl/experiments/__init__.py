@@ -20,8 +20,9 @@ from pathlib import Path
 from .compare import (PAPER_HEADLINES, Comparison, compare, convergence_ntune, format_comparison, headline_numbers,
                       load_paper_table, side_by_side, sweep_convergence)
 from .config import MulticoilConfig, StudyConfig, SweepConfig, TransferConfig, make_config
-from .plots import plot_multicoil, plot_sweep, plot_transfer
-from .results import COLUMNS, StudyResult, paired_differences, read_results, summarize_records, write_results
+from .plots import plot_curves, plot_multicoil, plot_sweep, plot_transfer
+from .results import (COLUMNS, StudyResult, bootstrap_ci, claim_table, paired_differences, read_results, seed_table,
+                      stop_epochs, summarize_records, verdict, write_results)
 from .runner import collect_manifest, repo_root, run_study
 
 __all__ = [
@@ -30,7 +31,8 @@ __all__ = [
     "StudyResult", "COLUMNS", "summarize_records", "paired_differences", "write_results", "read_results",
     "compare", "Comparison", "format_comparison", "headline_numbers", "side_by_side", "sweep_convergence",
     "convergence_ntune", "load_paper_table", "PAPER_HEADLINES",
-    "plot_transfer", "plot_sweep", "plot_multicoil", "run_study", "collect_manifest", "repo_root",
+    "plot_transfer", "plot_sweep", "plot_multicoil", "plot_curves", "run_study", "collect_manifest", "repo_root",
+    "bootstrap_ci", "claim_table", "verdict", "seed_table", "stop_epochs",
 ]
 
 

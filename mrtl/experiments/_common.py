@@ -6,12 +6,13 @@ Everything here calls the public APIs of the lower layers (``mrtl.data``, ``mrtl
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
-
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,41 @@ from .config import StudyConfig
 # subject-level split of a user folder (no predefined splits): train / tune / val / test
 USER_SPLIT_FRACTIONS = (0.7, 0.1, 0.05, 0.15)
 _SPLIT_INDEX = {"train": 0, "tune": 1, "val": 2, "test": 3}
+
+# The test split is read only inside ``evaluation_phase()``: every choice (epochs, learning
+# rates, CS/L1-SPIRiT parameters) is made before, on the validation split.
+_EVALUATING = False
+
+
+@contextlib.contextmanager
+def evaluation_phase():
+    """The final evaluation step of a study: the only place where the test split may be read.
+
+    Inside it, :func:`get_source` serves ``split="test"`` and training raises; outside it,
+    reading the test split raises ``RuntimeError``.
+    """
+    global _EVALUATING
+    prev, _EVALUATING = _EVALUATING, True
+    try:
+        yield
+    finally:
+        _EVALUATING = prev
+
+
+def evaluating() -> bool:
+    """True inside :func:`evaluation_phase`."""
+    return _EVALUATING
+
+
+def _no_test(split: str) -> None:
+    if split == "test" and not _EVALUATING:
+        raise RuntimeError("split: the test split is read only by the final evaluation step "
+                           "(mrtl.experiments._common.evaluation_phase); choose parameters on 'val'")
+
+
+def _no_training(what: str) -> None:
+    if _EVALUATING:
+        raise RuntimeError(f"{what}: no training inside the evaluation step (the test split is loaded)")
 
 
 class Subset(torch.utils.data.Dataset):
@@ -66,15 +102,18 @@ def _item_subjects(src) -> list[str]:
 def get_source(domain: str, split: str, cfg: StudyConfig, n: int | None = None):
     """The images of ``domain`` for ``split`` ("train", "tune", "val", "test"), ``n`` of them spread evenly.
 
-    With the domain's folder in the config (``natural_dir``, ``t1_dir``, ``t2_dir``) the folder
+    ``split="test"`` is served only inside :func:`evaluation_phase`. With the domain's folder in the config (``natural_dir``, ``t1_dir``, ``t2_dir``) the folder
     is split by subject (``USER_SPLIT_FRACTIONS``, seeded); otherwise the bundled data and
     their fixed splits are used (``mrtl.data.bundled``).
     """
     from .. import data as mdata
 
+    _no_test(split)
     folder = {"natural": cfg.natural_dir, "t1": cfg.t1_dir, "t2": cfg.t2_dir}.get(domain)
     if folder is None:
-        src = mdata.bundled(domain, split, size=cfg.size)
+        # the photos' crop positions change with the seed (brain slices are fixed images)
+        kw = {"seed": int(cfg.seed)} if domain == "natural" else {}
+        src = mdata.bundled(domain, split, size=cfg.size, **kw)
         return Subset(src, spread(len(src), n))
     if domain == "natural":
         src = mdata.PhotoFolder(folder, size=cfg.size)
@@ -144,30 +183,126 @@ def new_cascade(cfg: StudyConfig, coils: str = "single", seed: int = 0):
     return Cascade(n_subnets=cfg.n_subnets, coils=coils, width=cfg.width, depth=cfg.depth, seed=seed)
 
 
-def pretrain(model, data, cfg: StudyConfig, ckpt_dir: Path | None, seed: int):
-    """Sequential training (Eq. 11) with the config's pretraining settings; resumable via ``ckpt_dir``."""
+class Tracker:
+    """What one seed of a study chose on validation: learning rates, best and stop epochs,
+    learning curves, and the CS / L1-SPIRiT parameters (one instance per seed).
+
+    Attributes:
+        lr: ``{kind: lr}`` chosen on validation ("pretrain", "finetune", "scratch").
+        training: one row per trained network (and per learning rate tried).
+        curves: validation PSNR per epoch of every trained network.
+        selections: the CS / L1-SPIRiT grids with their validation PSNR.
+    """
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.lr: dict[str, float] = {}
+        self.training: list[dict] = []
+        self.curves: list[dict] = []
+        self.selections: list[dict] = []
+
+    def _record(self, network: str, R: int, kind: str, lr: float, stages: list[dict], chosen: bool, seconds: float):
+        for st in stages:
+            ep, vp = st.get("epochs", []), st.get("val_psnr", [])
+            best = st.get("best_epoch")
+            best_psnr = next((p for e, p in zip(ep, vp) if e == best), float("nan"))
+            self.training.append(dict(seed=self.cfg.seed, R=int(R), network=network, kind=kind, stage=int(st.get("stage", 0)),
+                                      lr=float(lr), chosen=bool(chosen), max_epochs=st.get("max_epochs"),
+                                      patience=st.get("patience"), best_epoch=best, stop_epoch=st.get("stopped_epoch"),
+                                      val_psnr_best=float(best_psnr), seconds=round(seconds, 2)))
+            for e, p in zip(ep, vp):
+                self.curves.append(dict(seed=self.cfg.seed, R=int(R), network=network, kind=kind,
+                                        stage=int(st.get("stage", 0)), lr=float(lr), chosen=bool(chosen),
+                                        epoch=int(e), val_psnr=float(p)))
+
+    def train(self, kind: str, network: str, R: int, run: Callable[[float], tuple]) -> object:
+        """Train with the learning rate of ``kind``, choosing it on validation the first time.
+
+        Args:
+            kind: "pretrain", "finetune" or "scratch".
+            network: a label for the tables (e.g. "Natural-trained tuned").
+            R: acceleration.
+            run: ``run(lr) -> (model, stages, score)`` trains one network at ``lr`` with early
+                stopping; ``stages`` are the per-stage summaries of ``mrtl.train`` and
+                ``score`` the validation PSNR of the selected epoch (higher is better).
+
+        Returns:
+            The trained model (the best learning rate's, the first time).
+        """
+        _no_training(network)
+        if kind in self.lr:
+            t0 = time.perf_counter()
+            model, stages, _ = run(self.lr[kind])
+            self._record(network, R, kind, self.lr[kind], stages, True, time.perf_counter() - t0)
+            return model
+        tried = []
+        for lr in self.cfg.lr_candidates(kind):
+            t0 = time.perf_counter()
+            model, stages, score = run(lr)
+            tried.append((score, lr, model, stages, time.perf_counter() - t0))
+            log(f"R={R}: {network} at lr {lr:g}: validation PSNR {score:.2f} dB")
+        # the highest validation PSNR; NaN never wins; ties go to the first (smallest) rate
+        best = max(range(len(tried)), key=lambda i: (tried[i][0] == tried[i][0], tried[i][0] if tried[i][0] == tried[i][0] else 0, -i))
+        for i, (score, lr, model, stages, secs) in enumerate(tried):
+            self._record(network, R, kind, lr, stages, i == best, secs)
+        self.lr[kind] = tried[best][1]
+        self.selections.append(dict(seed=self.cfg.seed, R=int(R), what=f"lr {kind}", network=network,
+                                    grid=json.dumps([t[1] for t in tried]),
+                                    val_psnr=json.dumps([round(t[0], 4) for t in tried]), chosen=json.dumps(tried[best][1])))
+        return tried[best][2]
+
+
+def _score(stage: dict) -> float:
+    ep, vp = stage.get("epochs", []), stage.get("val_psnr", [])
+    return float(next((p for e, p in zip(ep, vp) if e == stage.get("best_epoch")), float("nan")))
+
+
+def pretrain(model, data, val, cfg: StudyConfig, ckpt_dir: Path | None, seed: int, lr: float | None = None):
+    """Sequential training (Eq. 11): at most ``cfg.epochs`` epochs per subnetwork, each stage
+    stopped early (``cfg.pretrain_patience``) and its best epoch kept, both by validation PSNR
+    on ``val``; resumable via ``ckpt_dir``.
+
+    Returns:
+        ``(model, stages, score)``: per-stage summaries of ``mrtl.train.train_sequential`` and the
+        last stage's validation PSNR at its selected epoch.
+    """
     from ..train import train_sequential
 
-    t0 = time.perf_counter()
-    train_sequential(model, data, None, epochs_per_subnet=cfg.epochs, lr=cfg.lr_pretrain,
-                     batch_size=min(cfg.batch_size, len(data)), device=cfg.device, out_dir=ckpt_dir,
-                     resume=ckpt_dir is not None, seed=seed, progress_bar=False)
-    return time.perf_counter() - t0
+    _no_training("pretrain")
+    out = train_sequential(model, data, val, epochs_per_subnet=cfg.epochs, lr=cfg.lr_pretrain if lr is None else lr,
+                           batch_size=min(cfg.batch_size, len(data)), device=cfg.device, out_dir=ckpt_dir,
+                           resume=ckpt_dir is not None, seed=seed, progress_bar=False,
+                           patience=cfg.pretrain_patience, select_on="psnr", select_best=True)
+    stages = [dict(v, stage=int(k)) for k, v in sorted(out.get("stages", {}).items())]
+    return model, stages, (_score(stages[-1]) if stages else float("nan"))
 
 
-def finetune(model, data, cfg: StudyConfig, ckpt_dir: Path | None, seed: int, lr: float | None = None):
-    """End-to-end fine-tuning (paper: 100 epochs, lr 1e-5) on ``data``; resumable via ``ckpt_dir``."""
+def finetune(model, data, val, cfg: StudyConfig, ckpt_dir: Path | None, seed: int, lr: float | None = None):
+    """End-to-end training of ``model`` on ``data`` (fine-tuning, or the from-scratch baseline
+    from random weights): at most ``cfg.ft_epochs`` epochs, stopped early after ``cfg.patience``
+    epochs without improvement and restored to its best epoch, both by validation PSNR on
+    ``val`` (epoch 0, the starting weights, is a candidate). Resumable via ``ckpt_dir``.
+
+    Returns:
+        ``(model, stages, score)`` as :func:`pretrain` (one stage).
+    """
     from ..train import finetune as _ft
 
-    t0 = time.perf_counter()
-    if cfg.ft_epochs > 0 and len(data) > 0:
-        # select_best=False: without a validation set, mrtl.train.finetune's model selection
-        # compares against a NaN epoch-0 score and would silently restore the pre-fine-tuning
-        # weights; we keep the last epoch (the paper fine-tunes for a fixed 100 epochs).
-        _ft(model, data, None, epochs=cfg.ft_epochs, lr=cfg.lr_finetune if lr is None else lr,
-            batch_size=min(cfg.ft_batch_size, len(data)), device=cfg.device, out_dir=ckpt_dir,
-            resume=ckpt_dir is not None, seed=seed, progress_bar=False, select_best=False)
-    return time.perf_counter() - t0
+    _no_training("finetune")
+    if cfg.ft_epochs == 0 or len(data) == 0:
+        return model, [], float("nan")
+    out = _ft(model, data, val, epochs=cfg.ft_epochs, lr=cfg.lr_finetune if lr is None else lr,
+              batch_size=min(cfg.ft_batch_size, len(data)), device=cfg.device, out_dir=ckpt_dir,
+              resume=ckpt_dir is not None, seed=seed, progress_bar=False, patience=cfg.patience,
+              select_on="psnr", select_best=True)
+    summ = out.get("summary")
+    stages = [dict(summ, stage=0)] if summ else []
+    return model, stages, (_score(stages[0]) if stages else float("nan"))
+
+
+def trained_copy(model):
+    """A deep copy (fine-tuning starts from the same pretrained weights for every lr tried)."""
+    return copy.deepcopy(model)
 
 
 def evaluate(model, data, cfg: StudyConfig) -> list[dict]:
@@ -183,7 +318,7 @@ def score(images: torch.Tensor, data) -> list[dict]:
 
     images = images.detach().cpu()
     ref = data.reference.cpu()
-    p, s = psnr(images, ref), ssim(images, ref)
+    p, s = psnr(images, ref=ref), ssim(images, ref=ref)
     out = []
     for i in range(len(p)):
         m = data.meta[i] if data.meta else {}
@@ -195,12 +330,30 @@ def zero_filled_records(data) -> list[dict]:
     return score(data.x_u, data)
 
 
+def _recon_device(cfg) -> torch.device:
+    return torch.device("cuda") if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else torch.device("cpu")
+
+
+def select_cs(val, cfg, tracker: Tracker | None = None, R: int = 0) -> dict:
+    """CS parameters (lambda, iterations) chosen on the validation data ``val`` from
+    ``cfg.cs_lam_grid x cfg.cs_iter_grid`` by mean PSNR (``mrtl.recon.select_parameters``)."""
+    from ..recon import cs_l1_wavelet, select_parameters
+
+    dev = _recon_device(cfg)
+    grid = {"lam": list(cfg.cs_lam_grid), "n_iter": list(cfg.cs_iter_grid)}
+    best, table = select_parameters(cs_l1_wavelet, val.kspace.to(dev), val.mask.to(dev), val.reference.to(dev), grid=grid)
+    if tracker is not None:
+        tracker.selections.append(dict(seed=cfg.seed, R=int(R), what="CS", network="CS", grid=json.dumps(grid),
+                                       val_psnr=table.to_json(orient="records"), chosen=json.dumps(best)))
+    return best
+
+
 def cs_records(data, cfg, lam: float, n_iter: int) -> tuple[list[dict], float]:
-    """L1-wavelet CS (Eq. 2; db4, nonlinear CG) on the same k-space and masks as the networks."""
+    """L1-wavelet CS (Eq. 2; db4, FISTA with random shifts) on the same k-space and masks as the networks."""
     from ..recon import cs_l1_wavelet
 
     t0 = time.perf_counter()
-    dev = torch.device("cuda") if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else torch.device("cpu")
+    dev = _recon_device(cfg)
     res = cs_l1_wavelet(data.kspace.to(dev), data.mask.to(dev), lam=lam, n_iter=n_iter)
     return score(res.image, data), time.perf_counter() - t0
 
@@ -227,8 +380,22 @@ def setup(cfg: StudyConfig) -> None:
     seed_everything(cfg.seed)
 
 
-# Fields that do not change a trained network (where it is written, the grid axes).
-_NEUTRAL = ("output_dir", "num_threads", "scale", "R_list", "n_train_list", "n_tune_list", "device")
+@contextlib.contextmanager
+def threads(cfg: StudyConfig):
+    """Run with ``cfg.num_threads`` torch threads (CPU results depend on the thread count) and
+    restore the caller's setting afterwards."""
+    prev = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(prev)
+
+
+# Fields that do not change a trained network (where it is written, the grid axes, how many
+# seeds run: each seed's work is keyed by its own seed).
+_NEUTRAL = ("output_dir", "scale", "R_list", "n_train_list", "n_tune_list", "device", "n_seeds")
 
 
 def settings_fingerprint(cfg: StudyConfig) -> str:
@@ -246,3 +413,14 @@ def ckpt_dir(cfg: StudyConfig, name: str) -> Path | None:
     if cfg.output_dir is None:
         return None
     return Path(cfg.output_dir) / "checkpoints" / settings_fingerprint(cfg) / name
+
+
+def tracker_frames(trackers: Sequence[Tracker]) -> dict:
+    """The ``training``, ``curves`` and ``selections`` tables of a study from its per-seed trackers."""
+    import pandas as pd
+
+    return {
+        "training": pd.DataFrame([r for t in trackers for r in t.training]),
+        "curves": pd.DataFrame([r for t in trackers for r in t.curves]),
+        "selections": pd.DataFrame([r for t in trackers for r in t.selections]),
+    }

@@ -26,6 +26,8 @@ import pandas as pd
 
 __all__ = [
     "PAPER_HEADLINES",
+    "paper_claim_value",
+    "load_paper_table_or_none",
     "METHOD_ALIASES",
     "paper_table_path",
     "load_paper_table",
@@ -83,6 +85,42 @@ def load_paper_table(path: str | Path | None = None) -> pd.DataFrame:
     if missing:
         raise ValueError(f"paper table {p}: missing column(s) {missing}")
     return df
+
+
+def load_paper_table_or_none() -> pd.DataFrame | None:
+    """The paper's table, or None when ``reference/paper_tables.csv`` is not there (a wheel install)."""
+    try:
+        return load_paper_table()
+    except FileNotFoundError:
+        return None
+
+
+def paper_claim_value(paper: pd.DataFrame | None, terms: Sequence, Rs: Sequence[int]) -> float | None:
+    """A claim's quantity (a signed sum of PSNRs, see :func:`mrtl.experiments.results.claim_table`)
+    on the paper's table, averaged over the R in ``Rs`` only (the R our study ran).
+
+    A term whose ``method`` is a list is averaged over those methods. Returns None when a term
+    has no counterpart in the paper (the from-scratch baseline) or ``paper`` is None.
+    """
+    if paper is None:
+        return None
+    p = _as_paper_names(paper)
+    vals = []
+    for R in Rs:
+        total = 0.0
+        for sign, sel in terms:
+            rows = p[p["R"] == R]
+            for k, v in sel.items():
+                if k == "method":
+                    v = [METHOD_ALIASES.get(x, x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+                    rows = rows[rows[k].isin(v)]
+                elif k in rows.columns:
+                    rows = rows[rows[k].isin(v) if isinstance(v, (list, tuple)) else rows[k] == v]
+            if rows.empty:
+                return None
+            total += sign * float(rows["psnr_mean"].mean())
+        vals.append(total)
+    return float(np.mean(vals)) if vals else None
 
 
 def _as_paper_names(df: pd.DataFrame) -> pd.DataFrame:
@@ -255,7 +293,9 @@ class Comparison:
 
     Attributes:
         table: :func:`side_by_side` of our results and the paper's.
-        headlines: DataFrame (table, quantity, ours, paper, paper_quoted).
+        headlines: DataFrame (table, quantity, R, ours, paper, paper_quoted): ``paper`` is recomputed
+            from the paper's table over the same R as ours; ``paper_quoted`` is the number in the
+            paper's text (averaged over all its R, so not comparable when our R differ).
         convergence: :func:`sweep_convergence` of our sweep rows (empty if none).
     """
 
@@ -293,22 +333,28 @@ def compare(ours: pd.DataFrame | str | Path, paper: pd.DataFrame | str | Path | 
     plain = ours[~ours["table"].isin(sweep_tables)]
     table = side_by_side(plain, paper_df) if len(plain) else pd.DataFrame()
     ours_h = headline_numbers(plain) if len(plain) else {}
-    paper_h = headline_numbers(paper_df[paper_df["table"].isin(set(plain["table"]))]) if len(plain) else {}
+    # the paper's side over the same tables and the same R as ours (its text averages R = 2..10)
+    same = pd.Series(False, index=paper_df.index)
+    for tab, g in plain.groupby("table"):
+        same |= (paper_df["table"] == tab) & paper_df["R"].isin(set(g["R"]))
+    paper_h = headline_numbers(paper_df[same]) if len(plain) else {}
     conv = sweep_convergence(ours[ours["table"].isin(sweep_tables)], tol=tol) if sweep_tables else pd.DataFrame()
     rows = []
+    Rs_of = {tab: " ".join(str(int(r)) for r in sorted(set(g["R"]))) for tab, g in plain.groupby("table")} if len(plain) else {}
     for key, v in ours_h.items():
-        rows.append(dict(table=key[0], quantity=key[1], ours=v, paper=paper_h.get(key, float("nan")),
+        rows.append(dict(table=key[0], quantity=key[1], R=Rs_of.get(key[0], ""), ours=v, paper=paper_h.get(key, float("nan")),
                          paper_quoted=PAPER_HEADLINES.get(key, float("nan"))))
     if len(conv):
         for (tab, n_train), g in conv.groupby(["table", "n_train"]):
             q = f"Ntune at convergence, Ntrain={n_train}"
-            rows.append(dict(table=tab, quantity=q + " (mean over R)", ours=float(g["ntune_converged"].mean()),
+            rows.append(dict(table=tab, quantity=q + " (mean over R)", R=" ".join(str(int(r)) for r in sorted(set(g["R"]))),
+                             ours=float(g["ntune_converged"].mean()),
                              paper=float("nan"), paper_quoted=float("nan")))
         for key, v in PAPER_HEADLINES.items():
             if key[0] in sweep_tables:
-                rows.append(dict(table=key[0], quantity=key[1] + " (paper, Ntrain in 500-4000)", ours=float("nan"),
+                rows.append(dict(table=key[0], quantity=key[1] + " (paper, Ntrain in 500-4000)", R="", ours=float("nan"),
                                  paper=float("nan"), paper_quoted=v))
-    heads = pd.DataFrame(rows, columns=["table", "quantity", "ours", "paper", "paper_quoted"])
+    heads = pd.DataFrame(rows, columns=["table", "quantity", "R", "ours", "paper", "paper_quoted"])
     return Comparison(table=table, headlines=heads, convergence=conv)
 
 
@@ -324,6 +370,7 @@ def format_comparison(comp: Comparison) -> str:
             parts.append("\nNtune at convergence (0.05% rule) per R and Ntrain")
             parts.append(comp.convergence.to_string(index=False, float_format=lambda x: f"{x:.2f}", na_rep="not converged"))
         if len(comp.headlines):
-            parts.append("\nHeadline numbers (paper = recomputed from the paper's table; quoted = the paper's text)")
+            parts.append("\nHeadline numbers (paper = recomputed from the paper's table at the same R as ours; "
+                         "quoted = the paper's text, all its R)")
             parts.append(comp.headlines.to_string(index=False, float_format=lambda x: f"{x:.2f}", na_rep="-"))
     return "\n".join(parts)

@@ -13,21 +13,23 @@ Presets:
   Ntune 0-100, R 2-10). Needs user data (``natural_dir``, ``t1_dir``, ``t2_dir``,
   ``fastmri_dir``) and a GPU.
 - ``small``: the CPU preset used for ``results/small/``, the book and ``make demo``. 64x64
-  images; cascades of 3 subnetworks x 32 channels (4 hidden layers); 128 pretraining images
+  images; cascades of 3 subnetworks x 16 channels (4 hidden layers); 128 pretraining images
   per source (natural crops; T1 has only 78 bundled training slices, so its network sees all
-  78), 3 epochs per subnetwork at lr 1e-3 (batch 8, prefixes cached); 30 fine-tuning epochs at
-  lr 1e-3 on the 20 bundled T1 fine-tuning slices (batch 4, so 5 updates per epoch); the
-  from-scratch baseline gets exactly the same budget (30 epochs at lr 1e-3). The learning
-  rates are raised from the paper's (1e-4 / 1e-5) because with them almost nothing is learned
-  in the few hundred updates a CPU allows (DESIGN.md, "Small-scale facts"). Fine-tuning at
-  1e-3 rather than 1e-4 was measured on the sweep (R = 4, Ntrain 128): with 1e-4 the
-  fine-tuned natural network stayed 0.4-1.5 dB below the from-scratch baseline at every
-  Ntune; with 1e-3 it is ahead from Ntune = 4 on. The sizes are what fits the demo's time
-  budget on 2 cores. The sweep uses R = 4, Ntrain 32/128, Ntune 0/2/4/8/20; the multi-coil study R = 4,
-  4 virtual coils, 2 subnetworks x 12 channels, a 3x3 SPIRiT kernel (the 8x8 calibration
-  square of a 64x64 mask is too small for 5x5 or 7x7: L1-SPIRiT diverged with 5x5).
-- ``tiny``: 32x32, 2 subnetworks of 8 channels, one epoch: for the test suite only; its
-  numbers mean nothing.
+  78). Every choice is made on the target's validation slab (12 T1 slices, never the test
+  slab): pretraining runs at most 8 epochs per subnetwork, fine-tuning and the from-scratch
+  baseline at most 100 epochs, each with early stopping on validation PSNR (patience 2 epochs
+  per subnetwork, 10 epochs end to end; the same rule and budget for fine-tuned and
+  from-scratch networks); learning rates come from small grids (pretraining 1e-3 / 3e-3,
+  fine-tuning and from scratch 3e-4 / 1e-3 / 3e-3), CS lambda and iterations per R from a
+  4 x 2 grid. Three seeds (0, 1, 2: weights, crops, masks and batch order change with the
+  seed); torch uses one CPU thread inside a run, so the numbers do not depend on the machine's
+  thread count. The sweep uses R = 4, Ntrain 32/128, Ntune 0/2/4/8/20; the multi-coil study R = 4,
+  4 virtual coils, 2 subnetworks x 12 channels, a 3x3 SPIRiT kernel in the CC layers (the
+  8x8 calibration square of a 64x64 mask is too small for 7x7), L1-SPIRiT's kernel, lambda
+  and iterations from a validation grid. The sizes are what fits three seeds of the three
+  studies in well under an hour on 2 cores.
+- ``tiny``: 32x32, 2 subnetworks of 8 channels, one or two epochs, one seed: for the test
+  suite only; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -82,6 +84,22 @@ def _check_int_list(name: str, v: Any, low: int = 0, nonempty: bool = True) -> t
     return tuple(v)
 
 
+def _check_float_list(name: str, v: Any, low_open: bool = True) -> tuple[float, ...]:
+    """A non-empty list of distinct finite numbers > 0 (>= 0 with ``low_open=False``)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = (v,)
+    if not isinstance(v, (list, tuple)) or len(v) == 0:
+        raise _err(name, "a non-empty list of numbers", v)
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise TypeError(f"{name}: expected a list of numbers, got element {x!r} ({type(x).__name__})")
+        if x != x or x in (float("inf"), float("-inf")) or ((x <= 0) if low_open else (x < 0)):
+            raise _err(name, "finite numbers > 0" if low_open else "finite numbers >= 0", list(v))
+    if len(set(v)) != len(v):
+        raise _err(name, "distinct values", list(v))
+    return tuple(float(x) for x in v)
+
+
 @dataclass
 class StudyConfig:
     """Settings shared by every study (one field per notebook parameter where they overlap).
@@ -89,43 +107,62 @@ class StudyConfig:
     Attributes:
         scale: "tiny", "small" or "full" (which preset the other fields came from).
         device: "cpu", "cuda", "mps" or "auto".
-        seed: base seed; masks, splits, weights and batches derive from it.
+        seed: first seed; the study runs seeds ``seed, seed + 1, ..., seed + n_seeds - 1``.
+            Masks, crops of the photos, weights and batch order derive from each seed.
+        n_seeds: number of seeds (small: 3; tables report mean and sd over seeds).
         size: image side (square images, ``size x size``).
         R_list: acceleration factors (paper: 2, 4, 6, 8, 10).
         n_train: number of pretraining images per source network (paper: 2000).
         n_test: number of test images (None = all of the test split).
-        n_val: validation images held out from the fine-tuning split (model selection).
+        n_val: validation images per domain (None = all of the ``val`` split). Every choice
+            (epochs, learning rates, CS/L1-SPIRiT parameters) is made on them.
         n_subnets, width, depth: cascade size (paper: 5 subnetworks, 64 channels, 4 hidden layers).
-        epochs: pretraining epochs per subnetwork (paper: 20).
-        ft_epochs: fine-tuning epochs, end to end (paper: 100).
-        lr_pretrain, lr_finetune: Adam learning rates (paper: 1e-4, 1e-5).
-        lr_scratch: learning rate of the from-scratch baseline (random init, trained on the
-            Ntune images only for ``ft_epochs`` epochs).
+        epochs: maximum pretraining epochs per subnetwork (paper: 20).
+        pretrain_patience: early stopping of each subnetwork on validation PSNR (None: run
+            every epoch, keep the best).
+        ft_epochs: maximum end-to-end epochs of fine-tuning and of the from-scratch baseline
+            (paper: 100 fine-tuning epochs).
+        patience: early stopping of fine-tuning and of the from-scratch baseline on validation
+            PSNR (the same rule for both; None: run every epoch, keep the best).
+        lr_pretrain, lr_finetune: Adam learning rates when no grid is given (paper: 1e-4, 1e-5).
+        lr_scratch: learning rate of the from-scratch baseline when no grid is given.
+        lr_grid_pretrain: pretraining learning rates tried on validation (None: ``lr_pretrain``).
+        lr_grid: learning rates tried on validation for fine-tuning and, separately, for the
+            from-scratch baseline (the same grid for both; None: ``lr_finetune``/``lr_scratch``).
+            The choice is made at the first network of each kind in a study and seed (the first
+            R), recorded in the results, and reused for the others.
         batch_size: pretraining mini-batch size (paper: 50).
         ft_batch_size: fine-tuning (and from-scratch) mini-batch size (paper: 50). Small scale
             uses 4, so that 20 target images give 5 updates per epoch.
         n_masks: masks per bank (paper: 100 train + 100 disjoint test).
         natural_dir, t1_dir, t2_dir, fastmri_dir: user data folders; None = bundled data.
         output_dir: where results are written (None = do not write).
-        num_threads: torch CPU threads (None = leave as is).
+        num_threads: torch CPU threads inside a run (restored afterwards). CPU results depend
+            on the thread count (reductions are split differently), so the small preset fixes
+            it to 1; None leaves it as is.
     """
 
     scale: str = "small"
     device: str = "cpu"
     seed: int = 0
+    n_seeds: int = 3
     size: int = 64
     R_list: tuple[int, ...] = (4, 8)
     n_train: int = 128
     n_test: int | None = None
-    n_val: int = 0
+    n_val: int | None = None
     n_subnets: int = 3
-    width: int = 32
+    width: int = 16
     depth: int = 4
-    epochs: int = 3
-    ft_epochs: int = 30
+    epochs: int = 8
+    pretrain_patience: int | None = 2
+    ft_epochs: int = 100
+    patience: int | None = 10
     lr_pretrain: float = 1e-3
     lr_finetune: float = 1e-3
     lr_scratch: float = 1e-3
+    lr_grid_pretrain: tuple[float, ...] | None = (1e-3, 3e-3)
+    lr_grid: tuple[float, ...] | None = (3e-4, 1e-3, 3e-3)
     batch_size: int = 8
     ft_batch_size: int = 4
     n_masks: int = 100
@@ -134,7 +171,7 @@ class StudyConfig:
     t2_dir: str | None = None
     fastmri_dir: str | None = None
     output_dir: str | None = None
-    num_threads: int | None = None
+    num_threads: int | None = 1
 
     study: ClassVar[str] = ""
 
@@ -163,8 +200,9 @@ class StudyConfig:
 
     @classmethod
     def _tiny(cls) -> dict:
-        return dict(size=32, R_list=(4,), n_train=12, n_test=4, n_val=0, n_subnets=2, width=8, depth=2,
-                    epochs=1, ft_epochs=1, batch_size=4, ft_batch_size=4, n_masks=8, device="cpu")
+        return dict(size=32, R_list=(4,), n_train=12, n_test=4, n_val=4, n_subnets=2, width=8, depth=2,
+                    epochs=1, ft_epochs=2, patience=1, pretrain_patience=1, n_seeds=1, lr_grid_pretrain=None,
+                    lr_grid=None, batch_size=4, ft_batch_size=4, n_masks=8, device="cpu")
 
     @classmethod
     def _small(cls) -> dict:
@@ -172,9 +210,23 @@ class StudyConfig:
 
     @classmethod
     def _full(cls) -> dict:
-        return dict(size=256, R_list=(2, 4, 6, 8, 10), n_train=2000, n_test=None, n_val=0, n_subnets=5,
+        return dict(size=256, R_list=(2, 4, 6, 8, 10), n_train=2000, n_test=None, n_val=None, n_subnets=5,
                     width=64, depth=4, epochs=20, ft_epochs=100, lr_pretrain=1e-4, lr_finetune=1e-5,
-                    lr_scratch=1e-4, batch_size=50, ft_batch_size=50, n_masks=100, device="cuda")
+                    lr_scratch=1e-4, lr_grid_pretrain=None, lr_grid=None, pretrain_patience=None, patience=20,
+                    n_seeds=1, batch_size=50, ft_batch_size=50, n_masks=100, device="cuda", num_threads=None)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds the study runs: ``seed, seed + 1, ..., seed + n_seeds - 1``."""
+        return tuple(self.seed + k for k in range(self.n_seeds))
+
+    def lr_candidates(self, kind: str) -> tuple[float, ...]:
+        """Learning rates tried on validation for ``kind`` ("pretrain", "finetune", "scratch")."""
+        if kind == "pretrain":
+            return self.lr_grid_pretrain or (self.lr_pretrain,)
+        if kind not in ("finetune", "scratch"):
+            raise _err("kind", "'pretrain', 'finetune' or 'scratch'", kind)
+        return self.lr_grid or ((self.lr_finetune,) if kind == "finetune" else (self.lr_scratch,))
 
     # ------------------------------------------------------------- conversions
     @classmethod
@@ -227,7 +279,15 @@ class StudyConfig:
         _check_int("n_train", self.n_train, low=1)
         if self.n_test is not None:
             _check_int("n_test", self.n_test, low=1)
-        _check_int("n_val", self.n_val)
+        if self.n_val is not None:
+            _check_int("n_val", self.n_val, low=1)
+        _check_int("n_seeds", self.n_seeds, low=1)
+        for name in ("patience", "pretrain_patience"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low=1)
+        for name in ("lr_grid_pretrain", "lr_grid"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _check_float_list(name, getattr(self, name)))
         _check_int("n_subnets", self.n_subnets, low=1)
         _check_int("width", self.width, low=1)
         _check_int("depth", self.depth, low=1)
@@ -262,7 +322,10 @@ class TransferConfig(StudyConfig):
         n_tune: fine-tuning images from the target domain (paper: "a few tens"; Fig. 2 uses 20).
         scratch: also train the from-scratch baseline (random init, the Ntune images only).
         cs: also run L1-wavelet CS (Supp. Table 1) on the same test images and masks.
-        cs_lam, cs_iter: CS regularization and iterations (paper: 1e-3, 80 for T1 / 120 for T2).
+        cs_lam_grid, cs_iter_grid: the grid from which CS's lambda (relative to max|A^H y|) and
+            FISTA iterations are chosen per R and target on the validation images
+            (``mrtl.recon.select_parameters``; the paper tuned 1e-3 and 80 / 120 iterations for
+            its 256x256 data; they need not transfer to other sizes).
     """
 
     targets: tuple[str, ...] = ("t1",)
@@ -270,14 +333,14 @@ class TransferConfig(StudyConfig):
     n_tune: int = 20
     scratch: bool = True
     cs: bool = True
-    cs_lam: float = 1e-3
-    cs_iter: int = 80
+    cs_lam_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    cs_iter_grid: tuple[int, ...] = (80, 300)
 
     study: ClassVar[str] = "transfer"
 
     @classmethod
     def _tiny(cls) -> dict:
-        return dict(StudyConfig._tiny(), sources=("natural", "t1"), n_tune=4, cs_iter=5)
+        return dict(StudyConfig._tiny(), sources=("natural", "t1"), n_tune=4, cs_lam_grid=(1e-3, 1e-2), cs_iter_grid=(5,))
 
     @classmethod
     def _full(cls) -> dict:
@@ -295,8 +358,8 @@ class TransferConfig(StudyConfig):
                 if v not in _DOMAINS:
                     raise _err(name, f"domains from {_DOMAINS}", list(vals))
         _check_int("n_tune", self.n_tune, low=1)
-        _check_int("cs_iter", self.cs_iter, low=1)
-        _check_pos_float("cs_lam", self.cs_lam, low_open=False)
+        self.cs_iter_grid = _check_int_list("cs_iter_grid", self.cs_iter_grid, low=1)
+        self.cs_lam_grid = _check_float_list("cs_lam_grid", self.cs_lam_grid, low_open=False)
         for name in ("scratch", "cs"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
@@ -367,32 +430,38 @@ class MulticoilConfig(StudyConfig):
         coils: number of (virtual) coils (paper: 32 compressed to 8 by GCC).
         n_train_target: images for the in-domain (T1-trained) network (paper: 360).
         n_tune_list: fine-tuning set sizes for PSNR against Ntune (paper: 0-100).
-        spirit_lam, spirit_iter, kernel_size: L1-SPIRiT settings (paper: 1e-3, per-R
-            iterations 20/30/45/65/80, 7x7 kernel); ``spirit_iter=None`` = the paper's per-R values.
-            ``kernel_size`` is also the SPIRiT kernel of the cascade's CC layers.
+        spirit_kernel_grid, spirit_lam_grid, spirit_iter_grid: the grid from which L1-SPIRiT's
+            kernel size, lambda and POCS iterations are chosen per R on the validation images
+            (paper: 7x7, 1e-3, per-R iterations 20/30/45/65/80, tuned on its own data).
+        kernel_size: the SPIRiT kernel of the cascade's CC layers (Eq. 14).
         scratch: also train a cascade from scratch on each Ntune > 0 set.
     """
 
     coils: int = 4
     n_train_target: int = 24
     n_tune_list: tuple[int, ...] = (0, 4, 12)
-    spirit_lam: float = 1e-3
-    spirit_iter: int | None = None
+    spirit_kernel_grid: tuple[int, ...] = (3, 5)
+    spirit_lam_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    spirit_iter_grid: tuple[int, ...] = (30, 80)
     kernel_size: int = 3
     scratch: bool = True
     n_train: int = 48
-    n_test: int | None = 10
+    n_test: int | None = None
     width: int = 12
     n_subnets: int = 2
-    epochs: int = 2
-    ft_epochs: int = 12
+    epochs: int = 4
+    ft_epochs: int = 60
+    patience: int | None = 8
+    lr_grid_pretrain: tuple[float, ...] | None = (1e-3, 3e-3)
+    lr_grid: tuple[float, ...] | None = (1e-3, 3e-3)
     R_list: tuple[int, ...] = (4,)
 
     study: ClassVar[str] = "multicoil"
 
     @classmethod
     def _tiny(cls) -> dict:
-        return dict(StudyConfig._tiny(), coils=2, n_train_target=6, n_tune_list=(0, 2), kernel_size=3, spirit_iter=3)
+        return dict(StudyConfig._tiny(), coils=2, n_train_target=6, n_tune_list=(0, 2), kernel_size=3,
+                    spirit_kernel_grid=(3,), spirit_lam_grid=(1e-3,), spirit_iter_grid=(3,))
 
     @classmethod
     def _small(cls) -> dict:
@@ -400,19 +469,21 @@ class MulticoilConfig(StudyConfig):
 
     @classmethod
     def _full(cls) -> dict:
-        return dict(StudyConfig._full(), coils=8, n_train_target=360, kernel_size=7,
+        return dict(StudyConfig._full(), coils=8, n_train_target=360, kernel_size=7, spirit_kernel_grid=(5, 7),
+                    spirit_lam_grid=(3e-4, 1e-3, 3e-3), spirit_iter_grid=(20, 45, 80),
                     n_tune_list=(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100))
 
     def _validate_study(self) -> None:
         _check_int("coils", self.coils, low=1)
         _check_int("n_train_target", self.n_train_target, low=1)
         self.n_tune_list = tuple(sorted(_check_int_list("n_tune_list", self.n_tune_list, low=0)))
-        _check_pos_float("spirit_lam", self.spirit_lam, low_open=False)
-        if self.spirit_iter is not None:
-            _check_int("spirit_iter", self.spirit_iter, low=1)
+        self.spirit_lam_grid = _check_float_list("spirit_lam_grid", self.spirit_lam_grid, low_open=False)
+        self.spirit_iter_grid = _check_int_list("spirit_iter_grid", self.spirit_iter_grid, low=1)
+        self.spirit_kernel_grid = _check_int_list("spirit_kernel_grid", self.spirit_kernel_grid, low=1)
         _check_int("kernel_size", self.kernel_size, low=1)
-        if self.kernel_size % 2 == 0:
-            raise _err("kernel_size", "an odd int", self.kernel_size)
+        for k in (self.kernel_size, *self.spirit_kernel_grid):
+            if k % 2 == 0:
+                raise _err("kernel_size" if k == self.kernel_size else "spirit_kernel_grid", "odd kernel sizes", k)
 
 
 _BY_STUDY = {"transfer": TransferConfig, "sweep": SweepConfig, "multicoil": MulticoilConfig}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import json
 import time
 
 import pandas as pd
@@ -10,9 +10,9 @@ import torch
 
 from . import _common as C
 from .config import MulticoilConfig
-from .results import StudyResult, method_name, paired_differences, summarize_records, write_results
+from .results import StudyResult, claim_table, method_name, paired_differences, summarize_records, write_results
 
-__all__ = ["multicoil_transfer"]
+__all__ = ["multicoil_transfer", "multicoil_claims"]
 
 
 def _with_spirit_operator(data, kernel_size: int):
@@ -33,16 +33,151 @@ def _mc_data(source, R, cfg, split, seed_offset, phase):
     return _with_spirit_operator(data, cfg.kernel_size)
 
 
+def _spirit(kspace, mask, kernel_size: int = 3, lam: float = 1e-3, n_iter: int = 30, maps=None):
+    """L1-SPIRiT (POCS, Eq. 3) with a kernel of ``kernel_size`` calibrated on the fully sampled
+    centre of each image (Tikhonov 1e-2): the function ``select_parameters`` searches."""
+    from ..recon import l1_spirit_pocs, spirit_calibrate
+
+    ker = spirit_calibrate(kspace, kernel_size=int(kernel_size), tikhonov=1e-2)
+    return l1_spirit_pocs(kspace, mask, ker, lam=lam, n_iter=int(n_iter), maps=maps)
+
+
+def _one_seed(cfg: MulticoilConfig, target_src: dict, timings: dict):
+    from ..recon import select_parameters
+
+    s = cfg.seed
+    tr = C.Tracker(cfg)
+    nets: list[tuple] = []  # (R, method, stage, n_train, n_tune, model)
+    spirit_params: dict = {}
+    nat_src = C.get_source("natural", "train", cfg, cfg.n_train)
+    nat_val_src = C.get_source("natural", "val", cfg, cfg.n_val)
+    n_tune_pos = [n for n in cfg.n_tune_list if n > 0]
+    for R in cfg.R_list:
+        val = _mc_data(target_src["val"](n=cfg.n_val), R, cfg, "val", 4000, "zero")
+        # L1-SPIRiT: kernel size, lambda and iterations chosen on the validation images
+        t0 = time.perf_counter()
+        grid = {"kernel_size": list(cfg.spirit_kernel_grid), "lam": list(cfg.spirit_lam_grid),
+                "n_iter": list(cfg.spirit_iter_grid)}
+        best, tab = select_parameters(_spirit, val.kspace, val.mask, val.reference, grid=grid, maps=val.maps)
+        spirit_params[int(R)] = best
+        tr.selections.append(dict(seed=s, R=int(R), what="L1-SPIRiT", network="SPIRiT", grid=json.dumps(grid),
+                                  val_psnr=tab.to_json(orient="records"), chosen=json.dumps(best)))
+        timings[f"s{s}_spirit_select_R{R}"] = round(time.perf_counter() - t0, 2)
+        C.log(f"seed {s} R={R}: L1-SPIRiT parameters chosen on {len(val)} validation images: {best}")
+        # natural-image network: pretrained (validated on natural val), then fine-tuned on each Ntune
+        nat = _mc_data(nat_src, R, cfg, "train", 3100, "sinusoidal")
+        nat_val = _mc_data(nat_val_src, R, cfg, "val", 4100, "sinusoidal")
+
+        def run_pre(lr):
+            m = C.new_cascade(cfg, "multi", seed=s + 11)
+            return C.pretrain(m, nat, nat_val, cfg, C.ckpt_dir(cfg, f"mc_pre_natural_R{R}_n{len(nat)}_lr{lr:g}"),
+                              seed=s + 1, lr=lr)
+
+        t0 = time.perf_counter()
+        pre = tr.train("pretrain", "Natural-trained pretraining", R, run_pre)
+        timings[f"s{s}_pretrain_natural_R{R}"] = round(time.perf_counter() - t0, 2)
+        if 0 in cfg.n_tune_list:
+            nets.append((R, method_name("natural"), "raw", len(nat), 0, pre))
+        for n in sorted(n_tune_pos, reverse=True):  # the largest Ntune first: learning rates are chosen there
+            tune = _mc_data(target_src["tune"](n=n), R, cfg, "tune", 2000, "zero")
+
+            def run_ft(lr, n=n, tune=tune):
+                return C.finetune(C.trained_copy(pre), tune, val, cfg, C.ckpt_dir(cfg, f"mc_ft_natural_R{R}_t{n}_lr{lr:g}"),
+                                  seed=s + 100 + n, lr=lr)
+
+            t0 = time.perf_counter()
+            net = tr.train("finetune", f"Natural-trained Ntune {n}", R, run_ft)
+            timings[f"s{s}_finetune_natural_R{R}_t{n}"] = round(time.perf_counter() - t0, 2)
+            nets.append((R, method_name("natural"), "tuned", len(nat), len(tune), net))
+            if cfg.scratch:
+                def run_scratch(lr, n=n, tune=tune):
+                    return C.finetune(C.new_cascade(cfg, "multi", seed=s + 999), tune, val, cfg,
+                                      C.ckpt_dir(cfg, f"mc_scratch_R{R}_t{n}_lr{lr:g}"), seed=s + 500 + n, lr=lr)
+
+                t0 = time.perf_counter()
+                net = tr.train("scratch", f"Scratch Ntune {n}", R, run_scratch)
+                timings[f"s{s}_scratch_R{R}_t{n}"] = round(time.perf_counter() - t0, 2)
+                nets.append((R, "Scratch", "-", 0, len(tune), net))
+        # in-domain: trained sequentially, then end to end, on T1 multi-coil images (validated on T1 val)
+        t1_train = _mc_data(target_src["train"](n=cfg.n_train_target), R, cfg, "train", 3000, "zero")
+
+        def run_t1(lr):
+            m = C.new_cascade(cfg, "multi", seed=s + 1)
+            return C.pretrain(m, t1_train, val, cfg, C.ckpt_dir(cfg, f"mc_pre_t1_R{R}_n{len(t1_train)}_lr{lr:g}"),
+                              seed=s, lr=lr)
+
+        t0 = time.perf_counter()
+        m = tr.train("pretrain", "T1-trained pretraining", R, run_t1)
+
+        def run_t1_ft(lr, m=m):
+            return C.finetune(C.trained_copy(m), t1_train, val, cfg, C.ckpt_dir(cfg, f"mc_ft_t1_R{R}_n{len(t1_train)}_lr{lr:g}"),
+                              seed=s + 1, lr=lr)
+
+        m = tr.train("finetune", "T1-trained end to end", R, run_t1_ft)
+        timings[f"s{s}_t1_trained_R{R}"] = round(time.perf_counter() - t0, 2)
+        C.log(f"seed {s} R={R}: T1-trained multi-coil network ({len(t1_train)} images)")
+        nets.append((R, method_name("t1"), "-", len(t1_train), 0, m))
+    # the evaluation step: the only place the test split is read
+    rows: list[dict] = []
+    with C.evaluation_phase():
+        for R in cfg.R_list:
+            key = dict(table="T2", test_domain="T1", coils="multi", R=int(R))
+            test = _mc_data(target_src["test"](n=cfg.n_test), R, cfg, "test", 1000, "zero")
+            rows += C.records_to_rows(C.zero_filled_records(test), **key, method="Zero-filled", stage="-", n_train=0, n_tune=0)
+            t0 = time.perf_counter()
+            res = _spirit(test.kspace, test.mask, maps=test.maps, **spirit_params[int(R)])
+            timings[f"s{s}_spirit_R{R}"] = round(time.perf_counter() - t0, 2)
+            rows += C.records_to_rows(C.score(res.image, test), **key, method="SPIRiT", stage="-", n_train=0, n_tune=0)
+            for R_, method, stage, n_train, n_tune, net in nets:
+                if R_ == R:
+                    rows += C.records_to_rows(C.evaluate(net, test, cfg), **key, method=method, stage=stage,
+                                              n_train=n_train, n_tune=n_tune)
+    for r in rows:
+        r["seed"] = s
+    return rows, tr, {"spirit": {f"R{R}": p for R, p in spirit_params.items()}, "lr": dict(tr.lr)}
+
+
+def multicoil_claims(cfg: MulticoilConfig, per_image: pd.DataFrame, paper: pd.DataFrame | None) -> list[dict]:
+    """Fine-tuned natural network (largest Ntune) against L1-SPIRiT, the in-domain network and
+    the from-scratch baseline (paired per image), with the paper's values on the same R."""
+    from .compare import paper_claim_value
+
+    tuned = per_image[(per_image["method"] == "Natural-trained") & (per_image["stage"] == "tuned")]
+    if tuned.empty:
+        return []
+    n = int(tuned["n_tune"].max())
+    nat = dict(table="T2", method="Natural-trained", stage="tuned", n_tune=n)
+    Rs = list(cfg.R_list)
+    claims = [
+        dict(id="T2_natural_minus_spirit", claim=f"the natural-image network fine-tuned on {n} slices beats L1-SPIRiT",
+             terms=[(1, nat), (-1, dict(table="T2", method="SPIRiT", stage="-"))]),
+        dict(id="T2_indomain_minus_natural",
+             claim=f"the in-domain (T1-trained) network beats the natural-image network fine-tuned on {n} slices",
+             terms=[(1, dict(table="T2", method="T1-trained")), (-1, nat)]),
+    ]
+    if cfg.scratch:
+        claims.append(dict(id="T2_natural_minus_scratch",
+                           claim=f"the fine-tuned natural-image network beats a network trained from scratch on the same {n} slices",
+                           terms=[(1, nat), (-1, dict(table="T2", method="Scratch", n_tune=n))]))
+    for c in claims:
+        # the paper's T2 rows have no n_tune (its fine-tuned rows are its largest Ntune)
+        pt = [(sg, {k: v for k, v in sel.items() if k != "n_tune"}) for sg, sel in c["terms"]]
+        c["paper"] = paper_claim_value(paper, pt, Rs)
+    return claims
+
+
 def multicoil_transfer(cfg: MulticoilConfig | None = None) -> StudyResult:
     """Synthetic multi-coil natural images -> multi-coil T1, against a T1-trained network and L1-SPIRiT.
 
-    For each R: a multi-coil cascade (separate real/imaginary subnetworks, CC and DC layers,
-    Eq. 14) is trained sequentially on ``n_train`` complex natural images (random sinusoidal
-    phase, simulated coil maps; Methods), evaluated on multi-coil T1 test images (raw), then
-    fine-tuned end to end on each ``n_tune`` in ``n_tune_list`` T1 images. A cascade trained on
-    ``n_train_target`` T1 images (and fine-tuned end to end on them), L1-SPIRiT (POCS, Eq. 3)
-    and, if ``scratch``, a cascade trained from scratch on the ``n_tune`` images are evaluated
-    on the same test images and masks.
+    For each seed and R: a multi-coil cascade (separate real/imaginary subnetworks, CC and DC
+    layers, Eq. 14) is trained sequentially on ``n_train`` complex natural images (random
+    sinusoidal phase, simulated coil maps; Methods), then fine-tuned end to end on each
+    ``n_tune`` in ``n_tune_list`` T1 images. A cascade trained on ``n_train_target`` T1 images
+    (sequentially, then end to end), L1-SPIRiT (POCS, Eq. 3; kernel size, lambda and iterations
+    chosen on the validation images) and, if ``scratch``, a cascade trained from scratch on
+    the ``n_tune`` images are evaluated on the same test images and masks. Every epoch is chosen
+    by validation PSNR with early stopping, learning rates on validation; the test images are
+    read only after all training (:func:`mrtl.experiments._common.evaluation_phase`).
 
     Data: with ``fastmri_dir`` the target is real multi-coil k-space (``mrtl.data.FastMRIFolder``),
     split by subject; otherwise the bundled T1 slices (``t1_dir`` or Colin27) are simulated as
@@ -52,80 +187,55 @@ def multicoil_transfer(cfg: MulticoilConfig | None = None) -> StudyResult:
         cfg: the configuration (default :meth:`MulticoilConfig.small`).
 
     Returns:
-        :class:`StudyResult` (table ``T2``; all Ntune values, the Table 2 rows are the largest).
+        :class:`StudyResult` (table ``T2``; all Ntune values, the Table 2 rows are the largest);
+        paired differences against L1-SPIRiT; ``frames`` as
+        :func:`mrtl.experiments.single_coil_transfer`.
     """
     cfg = MulticoilConfig.small() if cfg is None else cfg
     if not isinstance(cfg, MulticoilConfig):
         raise TypeError(f"cfg: expected a MulticoilConfig, got {type(cfg).__name__}")
     cfg.validate()
-    C.setup(cfg)
     t_start = time.perf_counter()
     rows: list[dict] = []
     timings: dict[str, float] = {}
-    if cfg.fastmri_dir is not None:
-        target_src = _fastmri_splits(cfg)
-    else:
-        target_src = {s: (lambda s=s, n=None: C.get_source("t1", s, cfg, n)) for s in ("train", "tune", "test")}
-    nat_src = C.get_source("natural", "train", cfg, cfg.n_train)
-    n_tune_pos = [n for n in cfg.n_tune_list if n > 0]
-    for R in cfg.R_list:
-        key = dict(table="T2", test_domain="T1", coils="multi", R=int(R))
-        test = _mc_data(target_src["test"](n=cfg.n_test), R, cfg, "test", 1000, "zero")
-        rows += C.records_to_rows(C.zero_filled_records(test), **key, method="Zero-filled", stage="-", n_train=0, n_tune=0)
-        # L1-SPIRiT on the same k-space and masks
-        from ..recon import l1_spirit_pocs, spirit_calibrate
+    trackers = []
+    per_seed = {}
+    with C.threads(cfg) as n_threads:
+        for s in cfg.seeds:
+            scfg = cfg.replace(seed=s)
+            C.setup(scfg)
+            if scfg.fastmri_dir is not None:
+                target_src = _fastmri_splits(scfg)
+            else:
+                target_src = {sp: (lambda sp=sp, n=None, c=scfg: C.get_source("t1", sp, c, n))
+                              for sp in ("train", "tune", "val", "test")}
+            t0 = time.perf_counter()
+            r, tr, info = _one_seed(scfg, target_src, timings)
+            rows += r
+            trackers.append(tr)
+            per_seed[str(s)] = dict(info, wall_time_s=round(time.perf_counter() - t0, 1))
+    from .compare import load_paper_table_or_none
 
-        t0 = time.perf_counter()
-        ker = spirit_calibrate(test.kspace, kernel_size=cfg.kernel_size, tikhonov=1e-2)
-        res = l1_spirit_pocs(test.kspace, test.mask, ker, lam=cfg.spirit_lam, n_iter=cfg.spirit_iter, maps=test.maps)
-        timings[f"spirit_R{R}"] = round(time.perf_counter() - t0, 2)
-        C.log(f"R={R}: L1-SPIRiT on {len(test)} test images in {timings[f'spirit_R{R}']:.0f} s")
-        rows += C.records_to_rows(C.score(res.image, test), **key, method="SPIRiT", stage="-", n_train=0, n_tune=0)
-        # in-domain: trained (and fine-tuned end to end) on T1 multi-coil images
-        t1_train = _mc_data(target_src["train"](n=cfg.n_train_target), R, cfg, "train", 3000, "zero")
-        m = C.new_cascade(cfg, "multi", seed=cfg.seed + 1)
-        t = C.pretrain(m, t1_train, cfg, C.ckpt_dir(cfg, f"mc_pre_t1_R{R}_n{len(t1_train)}"), seed=cfg.seed)
-        t += C.finetune(m, t1_train, cfg, C.ckpt_dir(cfg, f"mc_ft_t1_R{R}_n{len(t1_train)}"), seed=cfg.seed + 1)
-        timings[f"t1_trained_R{R}"] = round(t, 2)
-        C.log(f"R={R}: T1-trained multi-coil network ({len(t1_train)} images) in {t:.0f} s")
-        rows += C.records_to_rows(C.evaluate(m, test, cfg), **key, method=method_name("t1"), stage="-",
-                                  n_train=len(t1_train), n_tune=0)
-        # natural-image network: raw, then fine-tuned on each Ntune
-        nat = _mc_data(nat_src, R, cfg, "train", 3100, "sinusoidal")
-        m = C.new_cascade(cfg, "multi", seed=cfg.seed + 11)
-        timings[f"pretrain_natural_R{R}"] = round(
-            C.pretrain(m, nat, cfg, C.ckpt_dir(cfg, f"mc_pre_natural_R{R}_n{len(nat)}"), seed=cfg.seed + 1), 2)
-        if 0 in cfg.n_tune_list:
-            rows += C.records_to_rows(C.evaluate(m, test, cfg), **key, method=method_name("natural"), stage="raw",
-                                      n_train=len(nat), n_tune=0)
-        for n in n_tune_pos:
-            tune = _mc_data(target_src["tune"](n=n), R, cfg, "tune", 2000, "zero")
-            net = copy.deepcopy(m)
-            timings[f"finetune_natural_R{R}_t{n}"] = round(
-                C.finetune(net, tune, cfg, C.ckpt_dir(cfg, f"mc_ft_natural_R{R}_t{n}"), seed=cfg.seed + 100 + n), 2)
-            C.log(f"R={R}: fine-tuned the natural network on {n} T1 images")
-            rows += C.records_to_rows(C.evaluate(net, test, cfg), **key, method=method_name("natural"), stage="tuned",
-                                      n_train=len(nat), n_tune=len(tune))
-            if cfg.scratch:
-                s = C.new_cascade(cfg, "multi", seed=cfg.seed + 999)
-                timings[f"scratch_R{R}_t{n}"] = round(
-                    C.finetune(s, tune, cfg, C.ckpt_dir(cfg, f"mc_scratch_R{R}_t{n}"), seed=cfg.seed + 500 + n,
-                               lr=cfg.lr_scratch), 2)
-                rows += C.records_to_rows(C.evaluate(s, test, cfg), **key, method="Scratch", stage="-",
-                                          n_train=0, n_tune=len(tune))
     per_image = pd.DataFrame(rows)
     table = summarize_records(per_image)
     paired = paired_differences(per_image, reference=("SPIRiT", "-"))
-    extra = {"timings_s": timings, "wall_time_s": round(time.perf_counter() - t_start, 1)}
-    result = StudyResult(table=table, per_image=per_image, paired=paired, extra=extra, config=cfg.to_dict())
+    paper = load_paper_table_or_none()
+    frames = C.tracker_frames(trackers)
+    frames["claims"] = claim_table(per_image, multicoil_claims(cfg, per_image, paper))
+    extra = {"seeds": list(cfg.seeds), "num_threads": n_threads, "per_seed": per_seed, "timings_s": timings,
+             "wall_time_s": round(time.perf_counter() - t_start, 1)}
+    result = StudyResult(table=table, per_image=per_image, paired=paired, extra=extra, config=cfg.to_dict(), frames=frames)
     if cfg.output_dir is not None:
         write_results(result, cfg.output_dir, "multicoil")
         import matplotlib.pyplot as plt
 
-        from .plots import plot_multicoil, save_figure
+        from .plots import plot_curves, plot_multicoil, save_figure
 
         fig = plot_multicoil(table)
         result.paths["figure"] = save_figure(fig, f"{cfg.output_dir}/multicoil.png")
+        plt.close(fig)
+        fig = plot_curves(frames["curves"])
+        result.paths["curves_figure"] = save_figure(fig, f"{cfg.output_dir}/multicoil_curves.png")
         plt.close(fig)
     return result
 
@@ -138,11 +248,12 @@ def _fastmri_splits(cfg: MulticoilConfig) -> dict:
     subj = [str(s) for s in getattr(src, "item_subjects", None) or [src[i].subject for i in range(len(src))]]
     groups = split_by_subject(subj, C.USER_SPLIT_FRACTIONS, seed=cfg.seed)
     out = {}
-    for name, gi in (("train", 0), ("tune", 1), ("test", 3)):
+    for name, gi in (("train", 0), ("tune", 1), ("val", 2), ("test", 3)):
         keep = set(groups[gi])
         idx = [i for i, s in enumerate(subj) if s in keep]
 
-        def make(n=None, idx=idx):
+        def make(n=None, idx=idx, name=name):
+            C._no_test(name)  # the test split only inside the evaluation step
             return C.Subset(src, [idx[j] for j in C.spread(len(idx), n)])
 
         out[name] = make

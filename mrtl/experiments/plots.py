@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["plot_transfer", "plot_sweep", "plot_multicoil", "save_figure"]
+__all__ = ["plot_transfer", "plot_sweep", "plot_multicoil", "plot_curves", "save_figure"]
 
 _COLORS = {"Natural-trained": "tab:orange", "T1-trained": "tab:blue", "T2-trained": "tab:green",
            "PD-trained": "tab:olive", "T1synth-trained": "tab:cyan", "Scratch": "tab:gray", "CS": "tab:red",
@@ -43,7 +43,10 @@ def plot_transfer(table: pd.DataFrame, paper: pd.DataFrame | None = None):
         x = np.arange(len(order))
         colors = [_COLORS.get(m, "tab:brown") for m in order["method"]]
         hatch = ["//" if s == "raw" else "" for s in order["stage"]]
-        bars = ax.bar(x, order["psnr_mean"], yerr=order["psnr_std"], color=colors, capsize=2, alpha=0.85)
+        # error bars: sd over seeds when there are several, else the std across test images
+        err = order["psnr_sd_seeds"].fillna(0) if "psnr_sd_seeds" in order.columns and order["n_seeds"].max() > 1 \
+            else order["psnr_std"]
+        bars = ax.bar(x, order["psnr_mean"], yerr=err, color=colors, capsize=2, alpha=0.85)
         for b, h in zip(bars, hatch):
             b.set_hatch(h)
         if paper is not None:
@@ -58,8 +61,8 @@ def plot_transfer(table: pd.DataFrame, paper: pd.DataFrame | None = None):
                     paper_vals.append(float(pm[key]))
         else:
             paper_vals = []
-        lo = float((order["psnr_mean"] - order["psnr_std"]).min())
-        hi = max([float((order["psnr_mean"] + order["psnr_std"]).max())] + paper_vals)  # keep the paper's ticks in view
+        lo = float((order["psnr_mean"] - err).min())
+        hi = max([float((order["psnr_mean"] + err).max())] + paper_vals)  # keep the paper's ticks in view
         ax.set_ylim(max(0.0, lo - 2), hi + 1.5)
         ax.set_xticks(x, order["label"], fontsize=7, rotation=0)
         ax.set_title(f"table {tab}, test {g['test_domain'].iloc[0]}, R = {R}", fontsize=9)
@@ -67,7 +70,7 @@ def plot_transfer(table: pd.DataFrame, paper: pd.DataFrame | None = None):
     if paper is not None:
         axes[0][0].plot([], [], "k-", lw=2, label="paper (256x256)")
         axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Single-coil domain transfer (hatched: raw, plain: fine-tuned)", fontsize=10)
+    fig.suptitle("Single-coil domain transfer (hatched: raw, plain: fine-tuned; bars: sd over seeds)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -134,5 +137,48 @@ def plot_multicoil(table: pd.DataFrame):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Multi-coil transfer (paper Fig. 6)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: pd.DataFrame, kinds=("finetune", "scratch")):
+    """Learning curves: validation PSNR against epoch of every end-to-end trained network
+    (fine-tuned and from scratch, at the learning rate chosen on validation), one line per
+    network and seed, one panel per R; a dot marks the epoch kept (the best) and a cross where
+    early stopping ended the run.
+
+    Args:
+        curves: the ``curves`` table of a study (columns seed, R, network, kind, stage, lr,
+            chosen, epoch, val_psnr).
+        kinds: which kinds of training to draw ("pretrain", "finetune", "scratch").
+    """
+    import matplotlib.pyplot as plt
+
+    if curves is None or len(curves) == 0:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no learning curves", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    c = curves[curves["kind"].isin(kinds) & curves["chosen"].astype(bool)]
+    Rs = sorted(set(c["R"]))
+    fig, axes = plt.subplots(1, max(len(Rs), 1), figsize=(5.2 * max(len(Rs), 1), 3.8), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    names = list(dict.fromkeys(c["network"]))
+    color = {n: _COLORS.get(n.split(" ")[0], cmap(i % 10)) for i, n in enumerate(names)}
+    for ax, R in zip(axes[0], Rs):
+        g = c[c["R"] == R]
+        for (net, seed), s in g.groupby(["network", "seed"], sort=False):
+            s = s.sort_values("epoch")
+            ax.plot(s["epoch"], s["val_psnr"], "-", color=color[net], lw=1, alpha=0.8,
+                    label=net if seed == g["seed"].min() else None)
+            best = s.loc[s["val_psnr"].idxmax()]
+            ax.plot([best["epoch"]], [best["val_psnr"]], "o", color=color[net], ms=4)
+            ax.plot([s["epoch"].iloc[-1]], [s["val_psnr"].iloc[-1]], "x", color=color[net], ms=5)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation PSNR (dB)")
+        ax.set_title(f"R = {R} (one line per seed; o: kept, x: stopped)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Learning curves on the validation slices", fontsize=10)
     fig.tight_layout()
     return fig
