@@ -287,6 +287,32 @@ def _epoch_order(n: int, seed: int, phase: str, stage: int, epoch: int) -> torch
 # checkpoints
 
 
+def _canonical(obj):
+    """``obj`` with every string interned, so that equal content pickles to equal bytes: pickle
+    refers back to a string it has already written only when it is the *same* object, and the
+    strings of a resumed run (read back from a checkpoint) are other objects than the literals
+    of an uninterrupted run. This makes checkpoints of a resumed run bit-identical."""
+    import sys
+
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):  # dict or OrderedDict (a state_dict, with its _metadata)
+        out = type(obj)((_canonical(k), _canonical(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = _canonical(obj._metadata)
+        return out
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_canonical(v) for v in obj)
+    return obj
+
+
+def _save_torch(obj, path) -> Path:
+    """Atomic ``torch.save`` of a canonical copy of ``obj`` (see :func:`_canonical`)."""
+    return atomic_save_torch(_canonical(obj), path)
+
+
 def _model_state(model: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -297,7 +323,7 @@ def save_model(model: Cascade, path, image_shape=None, extra: Optional[dict] = N
            "image_shape": list(image_shape) if image_shape is not None else getattr(model, "image_shape", None)}
     if extra:
         obj.update(extra)
-    return atomic_save_torch(obj, path)
+    return _save_torch(obj, path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -538,7 +564,7 @@ def _run_phase(
                 "select_on": crit, "history": history, "image_shape": list(train.shape), "complete": False,
             }
             ckpt.update(extra_ckpt)
-            atomic_save_torch(ckpt, Path(out_dir) / f"checkpoint_{phase}.pt")
+            _save_torch(ckpt, Path(out_dir) / f"checkpoint_{phase}.pt")
         if log_every and rank == 0 and epoch % log_every == 0 and not os.environ.get("MRTL_QUIET"):
             print(f"[{phase} stage {stage}] epoch {epoch}/{epochs}: train {train_loss:.5f} val {vl:.5f} PSNR {vp:.2f} dB")
     stopped = epoch
@@ -797,7 +823,7 @@ def train_sequential(
                     "epochs": epochs_per_subnet, "best": None, "history": history, "image_shape": list(train.shape),
                     "done_stages": sorted(done_stages), "summaries": dict(summaries), "bests": dict(bests),
                     "complete": done_stages >= set(stages)}
-            atomic_save_torch(ckpt, Path(out_dir) / "checkpoint_pretrain.pt")
+            _save_torch(ckpt, Path(out_dir) / "checkpoint_pretrain.pt")
     model.image_shape = train.shape
     _barrier(world)
     return {"history": history, "best": bests, "stages": {k: summaries[k] for k in sorted(summaries)},
@@ -902,7 +928,7 @@ def finetune(
                 "rng": _rng_state(), "phase": "finetune", "stage": 0, "epoch": summ["stopped_epoch"], "epochs": epochs,
                 "best": None, "history": history, "image_shape": list(tune.shape), "summary": summ,
                 "best_result": best_result, "complete": True}
-        atomic_save_torch(ckpt, Path(out_dir) / "checkpoint_finetune.pt")
+        _save_torch(ckpt, Path(out_dir) / "checkpoint_finetune.pt")
     _barrier(world)
     return {"history": history, "best": best_result, "summary": summ,
             "out_dir": None if out_dir is None else str(out_dir)}

@@ -333,3 +333,84 @@ def test_early_stopping_arguments_are_checked():
         finetune(m, tr, tr, epochs=1, select_on="ssim", **KW)
     with pytest.raises(ValueError, match="select_on.*val_set"):
         finetune(m, tr, None, epochs=1, select_on="psnr", **KW)
+
+
+# ----------------------------------------------------------------------------------------------
+# kill at every write boundary: the resumed run ends with the files of an uninterrupted run
+
+
+class _Killed(Exception):
+    pass
+
+
+class _FrozenClock:
+    """Stands in for ``time`` in mrtl.train so that the logged seconds are the same in every run
+    (the only nondeterministic bytes in the files)."""
+
+    @staticmethod
+    def perf_counter():
+        return 0.0
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _pipeline(out, phase, patience=None):
+    """Pretraining (2 stages x 2 epochs) or fine-tuning (2 epochs) of a tiny cascade in ``out``,
+    resumable from there (as ``mrtl train`` / ``mrtl finetune`` run them)."""
+    tr, va = _tiny(8, seed=0), _tiny(4, seed=1)
+    m = Cascade(2, width=4, depth=1, seed=0)
+    kw = dict(KW, patience=patience) if patience else KW
+    if phase == "pretrain":
+        train_sequential(m, tr, va, epochs_per_subnet=2, out_dir=out, **kw)
+    else:
+        finetune(m, tr, va, epochs=2, out_dir=out, **kw)
+    return m
+
+
+def _count_writes(monkeypatch, kill_after=None):
+    import mrtl.utils
+
+    real = mrtl.utils.atomic_write_bytes
+    count = {"n": 0}
+
+    def counted(path, data):
+        out = real(path, data)
+        count["n"] += 1
+        if count["n"] == kill_after:
+            raise _Killed(f"killed after write {count['n']} ({path})")
+        return out
+
+    monkeypatch.setattr(mrtl.utils, "atomic_write_bytes", counted)
+    return count
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "finetune"])
+def test_kill_at_every_write_boundary_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch, phase):
+    """A kill after any write (checkpoint, log, summary, best model) and a rerun end with exactly
+    the files of an uninterrupted run, byte for byte, and the same weights. Regression: a kill
+    after the last checkpoint but before ``best_<phase>.pt`` left the last subnetwork at its
+    random initialisation in ``best_pretrain.pt`` and never wrote ``best_finetune.pt``."""
+    import mrtl.train
+
+    monkeypatch.setattr(mrtl.train, "time", _FrozenClock)
+    with monkeypatch.context() as mp:
+        count = _count_writes(mp)
+        ref_model = _pipeline(tmp_path / "ref", phase)
+    n_writes = count["n"]
+    ref = _files(tmp_path / "ref")
+    assert f"best_{phase}.pt" in ref and f"checkpoint_{phase}.pt" in ref
+    assert n_writes >= 10
+    for k in range(1, n_writes + 1):
+        out = tmp_path / f"k{k}"
+        with monkeypatch.context() as mp:
+            _count_writes(mp, kill_after=k)
+            with pytest.raises(_Killed):
+                _pipeline(out, phase)
+        m = _pipeline(out, phase)  # the rerun resumes
+        got = _files(out)
+        assert sorted(got) == sorted(ref), f"kill after write {k}: files differ"
+        for name in ref:
+            assert got[name] == ref[name], f"kill after write {k}: {name} differs from the uninterrupted run"
+        assert all(torch.equal(a, b) for a, b in zip(_weights(ref_model), _weights(m))), k
