@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +96,18 @@ def test_headlines_recomputed_from_the_paper_table_match_its_text():
         assert abs(h[key] - PAPER_HEADLINES[key]) <= 0.01, (key, h[key])
 
 
-def test_reference_copy_equals_shared_table():
-    shared = ROOT.parent / "shared" / "reference" / "paper_tables.csv"
-    if not shared.exists():
-        pytest.skip("../shared is not beside this clone")
-    assert (ROOT / "reference" / "paper_tables.csv").read_text() == shared.read_text()
+def test_reference_table_is_complete_and_consistent():
+    """reference/paper_tables.csv (the paper's Table 1, Table 2 and Supp. Table 2) has every
+    method at every R once, and, as in any undersampling study, quality falls as R grows; a
+    typo in a transcribed number would typically break the monotone order or the headline
+    numbers checked above."""
+    paper = load_paper_table()
+    assert not paper.duplicated(["table", "R", "method", "stage"]).any()
+    for (table, method, stage), g in paper.groupby(["table", "method", "stage"]):
+        g = g.sort_values("R")
+        assert g["R"].tolist() == [2, 4, 6, 8, 10], (table, method, stage)
+        assert g["psnr_mean"].is_monotonic_decreasing and g["ssim_mean"].is_monotonic_decreasing, (table, method)
+        assert (g["psnr_std"] > 0).all() and g["ssim_mean"].between(0, 1).all()
 
 
 def test_side_by_side_maps_natural_to_imagenet():
@@ -280,11 +288,20 @@ def test_multicoil_tiny(tmp_path):
     assert t[t["method"] == "SPIRiT"]["psnr_mean"].iloc[0] > zf
 
 
-def test_papermill_runner_tiny(tmp_path):
+def test_papermill_runner_tiny(tmp_path, capfd):
     pytest.importorskip("papermill")
     from mrtl.experiments import run_study
 
-    final = run_study("transfer", "tiny", {"seed": 1}, results_root=tmp_path, run_id="t1")
+    umask = os.umask(0o022)
+    try:
+        final = run_study("transfer", "tiny", {"seed": 1}, results_root=tmp_path, run_id="t1", progress_bar=True)
+    finally:
+        os.umask(umask)
+    err = capfd.readouterr().err
+    # progress per cell, and no kernel chatter about its local TCP sockets
+    assert "transfer (tiny)" in err and "cell" in err and "without encryption" not in err
+    files = sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file())
+    assert all((final / f).stat().st_mode & 0o777 == 0o644 for f in files)  # the umask, like any new file
     assert final == tmp_path / "transfer" / "t1"
     for f in ("transfer.ipynb", "transfer.csv", "transfer.json", "transfer_per_image.csv", "transfer.png", "manifest.json"):
         assert (final / f).exists(), f
@@ -293,9 +310,159 @@ def test_papermill_runner_tiny(tmp_path):
     assert man["seeds"] == {"seed": 1} and man["parameters"]["recompute"] is True and man["wall_time_s"] > 0
     assert man["versions"]["torch"] and man["versions"]["mrtl"] and "cpu_count" in man["device"]
     assert "git_commit" in man
+    assert sorted(man["files"] + ["manifest.json"]) == files  # the manifest lists what the run wrote
     assert not (tmp_path / "transfer" / "tmp").exists() and not (final / "checkpoints").exists()
     t = pd.read_csv(final / "transfer.csv")
     assert list(t.columns[:10]) == COLUMNS and (t["n"] == TransferConfig.tiny().n_test).all()
     nb = json.loads((final / "transfer.ipynb").read_text())
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
     assert any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+
+
+# ------------------------------------------------- mrtl reproduce: nothing is lost, runs resume
+def _finished_work(root: Path, run_id: str, content: str = "new", scale: str = "tiny") -> Path:
+    """The state a run leaves when it is killed after its notebook finished and its manifest was
+    written, but before its folder was moved into place: the next run only has to place it."""
+    work = root / "transfer" / "tmp" / run_id
+    (work / "checkpoints" / "x").mkdir(parents=True)
+    (work / "checkpoints" / "x" / "best_pretrain.pt").write_bytes(b"weights")
+    (work / "transfer.csv").write_text(content)
+    man = {"study": "transfer", "scale": scale, "run_id": run_id, "status": "finished", "files": ["transfer.csv"]}
+    (work / "manifest.json").write_text(json.dumps(man))
+    return work
+
+
+def _finished_run(folder: Path, content: str = "old") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "transfer.csv").write_text(content)
+    man = {"study": "transfer", "scale": "tiny", "run_id": folder.name, "status": "finished", "files": ["transfer.csv"]}
+    (folder / "manifest.json").write_text(json.dumps(man))
+    return folder
+
+
+def _tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_reproduce_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    from mrtl.cli import main
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("months of work")
+    before = _tree(tmp_path)
+    rc = main(["reproduce", "--study", "transfer", "--scale", "tiny", "--results-root", str(tmp_path / "r"),
+               "--output", str(notes), "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--output" in err and "not a run folder made by mrtl" in err and len(err.strip().splitlines()) == 1
+    assert _tree(tmp_path) == before  # nothing created, moved or deleted
+
+
+def test_reproduce_output_at_the_study_root_moves_no_earlier_run(tmp_path, capsys):
+    from mrtl.cli import main
+
+    root = tmp_path / "results"
+    _finished_run(root / "transfer" / "run-1")
+    _finished_run(root / "transfer" / "run-2")
+    before = _tree(tmp_path)
+    for output in (root / "transfer", root):
+        rc = main(["reproduce", "--study", "transfer", "--scale", "tiny", "--results-root", str(root),
+                   "--output", str(output), "--overwrite"])
+        assert rc == 2 and "--output" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+
+
+def test_finished_run_is_replaced_only_with_overwrite_and_only_its_own_files(tmp_path):
+    from mrtl.experiments import run_study
+
+    root = tmp_path / "results"
+    final = _finished_run(root / "transfer" / "r1", "old")
+    work = _finished_work(root, "r1", "new")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_study("transfer", "tiny", results_root=root, run_id="r1")
+    (final / "my_notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="my_notes.txt"):
+        run_study("transfer", "tiny", results_root=root, run_id="r1", overwrite=True)
+    assert (final / "transfer.csv").read_text() == "old" and (final / "my_notes.txt").exists() and work.exists()
+    (final / "my_notes.txt").unlink()
+    assert run_study("transfer", "tiny", results_root=root, run_id="r1", overwrite=True) == final
+    assert (final / "transfer.csv").read_text() == "new" and not (final / "checkpoints").exists()
+    assert sorted(p.name for p in (root / "transfer").iterdir()) == ["r1"]  # no tmp/, nothing parked
+
+
+def test_resume_finds_a_run_with_a_custom_run_id(tmp_path):
+    from mrtl.experiments import run_study
+
+    root = tmp_path / "results"
+    _finished_work(root, "my-experiment")
+    _finished_work(root, "other-scale", scale="small")
+    assert run_study("transfer", "tiny", results_root=root, resume=True) == root / "transfer" / "my-experiment"
+    with pytest.raises(FileNotFoundError, match="--resume: no unfinished run 'nope'"):
+        run_study("transfer", "tiny", results_root=root, resume=True, run_id="nope")
+
+
+def test_reproduce_cleans_what_killed_runs_left(tmp_path):
+    from mrtl import utils
+    from mrtl.experiments import run_study
+
+    root = tmp_path / "results"
+    work = _finished_work(root, "r")
+    dead_pid = 2**22 + 7  # above Linux's largest pid_max: no such process
+    stale = work / "checkpoints" / "x" / f".best_pretrain.pt.mrtl-{utils._host_tag()}-{dead_pid}-0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    (work / ".mrtl-trash-1" / "y").mkdir(parents=True)  # checkpoints whose deletion was interrupted
+    parked = root / "transfer" / f".r.mrtl-replaced-{dead_pid}"  # a swap interrupted between its renames
+    parked.mkdir()
+    (work / "user.txt").write_text("kept")  # files in the working folder are moved, never deleted
+    final = run_study("transfer", "tiny", results_root=root, run_id="r")
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*")) == ["manifest.json", "transfer.csv", "user.txt"]
+    assert not parked.exists()
+
+
+def test_reproduce_checks_parameters_before_running(tmp_path, capsys):
+    from mrtl.cli import main
+    from mrtl.experiments import run_study
+
+    for params, words in (({"epochz": 3}, "-p epochz: not a parameter of the transfer study"),
+                          ({"epochs": 0}, "-p epochs: expected an int >= 1"),
+                          ({"device": "tpu"}, "-p device"),
+                          ({"output_dir": "x"}, "-p output_dir: set by mrtl reproduce; use --output"),
+                          ({"t1_dir": str(tmp_path / "missing")}, "-p t1_dir")):
+        with pytest.raises((ValueError, TypeError, FileNotFoundError), match=words.replace("(", r"\(")):
+            run_study("transfer", "tiny", params, results_root=tmp_path / "r")
+    rc = main(["reproduce", "--study", "all", "--scale", "tiny", "--results-root", str(tmp_path / "r"),
+               "-p", "nonsense", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "-p nonsense" in err and "Passed unknown parameter" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_reproduce_refuses_a_run_in_progress(tmp_path):
+    fcntl = pytest.importorskip("fcntl", reason="run locking uses POSIX flock")
+    from mrtl.experiments import run_study
+
+    work = _finished_work(tmp_path, "busy")
+    fd = os.open(work, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="in progress"):
+            run_study("transfer", "tiny", results_root=tmp_path, run_id="busy")
+    finally:
+        os.close(fd)
+    assert (work / "transfer.csv").exists()
+
+
+def test_reproduce_failing_notebook_is_one_line_and_resumable(tmp_path, capfd):
+    pytest.importorskip("papermill")
+    from mrtl.cli import main
+
+    empty = tmp_path / "empty_t1"
+    empty.mkdir()
+    root = tmp_path / "r"
+    args = ["reproduce", "--study", "transfer", "--scale", "tiny", "--results-root", str(root), "--run-id", "f",
+            "-p", "t1_dir", str(empty)]
+    assert main(args) == 2
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("mrtl reproduce: error:")]
+    assert len(err) == 1 and "the transfer notebook failed in cell" in err[0] and str(empty) in err[0]
+    man = json.loads((root / "transfer" / "tmp" / "f" / "manifest.json").read_text())
+    assert man["status"] == "failed" and not (root / "transfer" / "f").exists()
