@@ -111,3 +111,112 @@ def test_numpy_input_accepted_where_valid():
     k = fft.fft2c(np.ones((4, 4), dtype=np.complex64))
     assert k.dtype == torch.complex64
     assert masks.achieved_acceleration(np.ones((4, 4), dtype=bool)) == 1.0
+
+
+# ------------------------------------------------------------ the mrtl command line: one line per failure
+def _cli(argv, capsys):
+    from mrtl.cli import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def _tiny_ckpt(path):
+    from mrtl.models import Cascade
+    from mrtl.train import save_model
+
+    save_model(Cascade(n_subnets=1, width=4, depth=1, seed=0), path, image_shape=(32, 32))
+    return path
+
+
+_TINY_TRAIN = "model: {n_subnets: 1, width: 4, depth: 1}\ndata: {domain: t1, size: 32, n: 4, n_val: 2}\n" \
+              "train: {epochs_per_subnet: 1, batch_size: 2}\n"
+
+
+def test_cli_corrupt_checkpoint_in_out_says_it_blocks_resume(tmp_path, capsys):
+    (tmp_path / "cfg.yaml").write_text(_TINY_TRAIN)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint_pretrain.pt").write_bytes(b"\x80\x02garbage" * 10)
+    rc, err = _cli(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out)], capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("mrtl train: error: ")
+    assert str(out / "checkpoint_pretrain.pt") in err[0] and "resum" in err[0] and "move it away" in err[0]
+
+
+@pytest.mark.parametrize("content, words", [(b"", "EOFError"), (b"PK\x03\x04trunc", "cannot be read as a checkpoint"),
+                                            (b"\x80\x02}q\x00.", "cannot be read as a checkpoint")])
+def test_cli_unreadable_checkpoint_is_one_line(tmp_path, capsys, content, words):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(content)
+    rc, err = _cli(["evaluate", "--ckpt", str(bad), "--data", "t1", "--size", "32", "--n", "2"], capsys)
+    assert rc == 2 and len(err) == 1 and str(bad) in err[0] and (words in err[0] or "not an mrtl" in err[0])
+
+
+def test_cli_malformed_yaml_names_file_and_line(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: {n_subnets: 1}\ntrain: {epochs_per_subnet: [1\n")
+    rc, err = _cli(["train", "--config", str(cfg), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err) == 1 and str(cfg) in err[0] and "malformed YAML at line" in err[0]
+
+
+def test_cli_decompression_bomb_is_one_line(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.new("L", (64, 64), color=40 * i).save(photos / f"p{i}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64x64 is then "a bomb" (> 2x the limit)
+    (tmp_path / "cfg.yaml").write_text("model: {n_subnets: 1, width: 4, depth: 1}\n"
+                                       f"data: {{path: {photos}, format: photos, size: 32}}\n"
+                                       "train: {epochs_per_subnet: 1, batch_size: 2}\n")
+    rc, err = _cli(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err) == 1 and "p0.png" in err[0] and "decompression bomb" in err[0]
+
+
+def test_cli_internal_error_is_one_line_with_a_debug_hint(capsys, monkeypatch):
+    import mrtl.data.cli as dcli
+
+    def buggy(args):
+        return [][1]  # an IndexError: a bug, not bad input
+
+    monkeypatch.setattr(dcli, "_info", buggy)
+    rc, err = _cli(["data", "info"], capsys)
+    assert rc == 1 and len(err) == 1 and "internal error" in err[0] and "MRTL_DEBUG=1" in err[0]
+    monkeypatch.setenv("MRTL_DEBUG", "1")
+    with pytest.raises(IndexError):
+        _cli(["data", "info"], capsys)
+
+
+def test_cli_ctrl_c_exits_130(capsys, monkeypatch):
+    import mrtl.data.cli as dcli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dcli, "_info", interrupted)
+    rc, err = _cli(["data", "info"], capsys)
+    assert rc == 130 and len(err) == 1 and "interrupted" in err[0]
+
+
+def test_cli_reconstruct_bad_files_are_one_line(tmp_path, capsys):
+    ck = _tiny_ckpt(tmp_path / "m.pt")
+    k = np.zeros((2, 32, 32), dtype=np.complex64)
+    good = tmp_path / "k.npy"
+    np.save(good, k)
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.ones((32, 32), dtype=bool))
+    trunc = tmp_path / "trunc.npy"
+    trunc.write_bytes(good.read_bytes()[:200])
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    h5 = tmp_path / "bad.h5"
+    h5.write_bytes(b"not hdf5 at all" * 10)
+    link = tmp_path / "dangling.npy"
+    link.symlink_to(tmp_path / "gone.npy")
+    for bad in (trunc, empty, h5, link):
+        rc, err = _cli(["reconstruct", "--ckpt", str(ck), "--input", str(bad), "--mask", str(mask),
+                        "--output", str(tmp_path / "out.npy")], capsys)
+        assert rc == 2 and len(err) == 1 and bad.name in err[0], (bad.name, err)
+        assert not (tmp_path / "out.npy").exists()
