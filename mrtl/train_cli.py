@@ -196,18 +196,9 @@ def _cmd_evaluate(args) -> int:
 
 
 def _read_array(path, what, key=None):
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{what}: {str(p)!r} does not exist")
-    if p.suffix.lower() in (".h5", ".hdf5"):
-        import h5py
+    from .data.loaders import read_array  # clear errors: no 'kspace', group, corrupt/empty file, broken link
 
-        with h5py.File(p, "r") as f:
-            k = key or ("kspace" if "kspace" in f else next(iter(f.keys())))
-            return np.asarray(f[k])
-    if p.suffix.lower() == ".npy":
-        return np.load(p)
-    raise ValueError(f"{what}: expected a .npy or .h5 file, got {str(p)!r}")
+    return read_array(path, what, key=key, default_key="kspace" if what == "--input" else None)
 
 
 def _cmd_reconstruct(args) -> int:

@@ -451,6 +451,85 @@ def test_corrupt_empty_and_wrong_shaped_files_name_the_file(tmp_path):
         FastMRIFolder(h, maps=None)[0]
 
 
+def test_read_array_npy_and_h5_inputs_fail_clearly(tmp_path):
+    import h5py
+
+    from mrtl.data import read_array
+
+    k = (np.arange(12.0).reshape(3, 4) * (1 + 1j)).astype(np.complex64)
+    np.save(tmp_path / "k.npy", k)
+    np.testing.assert_array_equal(read_array(tmp_path / "k.npy", "--input"), k)
+    with h5py.File(tmp_path / "k.h5", "w") as f:
+        f.create_dataset("ismrmrd_header", data=np.zeros(5))  # first in the file, not k-space
+        f.create_dataset("kspace", data=k)
+    np.testing.assert_array_equal(read_array(tmp_path / "k.h5", "--input"), k)
+    # a file without 'kspace' used to reconstruct its first dataset silently
+    with h5py.File(tmp_path / "nok.h5", "w") as f:
+        f.create_dataset("data", data=np.zeros((3, 4), np.complex64))
+        f.create_dataset("other", data=k)
+    with pytest.raises(ValueError, match=r"--input: .*nok\.h5.* no dataset 'kspace'.*\['data', 'other'\]"):
+        read_array(tmp_path / "nok.h5", "--input")
+    np.testing.assert_array_equal(read_array(tmp_path / "nok.h5", "--input", key="other"), k)
+    from mrtl.train_cli import _read_array  # the reader of `mrtl reconstruct --input`
+
+    with pytest.raises(ValueError, match="no dataset 'kspace'"):
+        _read_array(tmp_path / "nok.h5", "--input")
+    with pytest.raises(ValueError, match="exactly one"):
+        read_array(tmp_path / "nok.h5", "--mask", default_key=None)
+    # 'kspace' that is a group
+    with h5py.File(tmp_path / "grp.h5", "w") as f:
+        f.create_group("kspace").create_dataset("x", data=k)
+    with pytest.raises(ValueError, match=r"'kspace' in .*grp\.h5.* group, not a dataset"):
+        read_array(tmp_path / "grp.h5", "--input")
+    # corrupt / truncated HDF5
+    (tmp_path / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 40)
+    with pytest.raises(ValueError, match=r"--input: .*bad\.h5.* not a readable HDF5 file"):
+        read_array(tmp_path / "bad.h5", "--input")
+    raw = (tmp_path / "k.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"cut\.h5"):
+        read_array(tmp_path / "cut.h5", "--input")
+    # empty and truncated .npy
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"--mask: .*empty\.npy.* is empty"):
+        read_array(tmp_path / "empty.npy", "--mask")
+    raw = (tmp_path / "k.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(raw[:-10])
+    with pytest.raises(ValueError, match=r"--mask: cannot read .*cut\.npy.*truncated"):
+        read_array(tmp_path / "cut.npy", "--mask")
+    (tmp_path / "hdr.npy").write_bytes(raw[:20])
+    with pytest.raises(ValueError, match=r"hdr\.npy"):
+        read_array(tmp_path / "hdr.npy", "--mask")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"obj\.npy"):  # never unpickled
+        read_array(tmp_path / "obj.npy", "--mask")
+    # dangling links, folders, missing files, other formats
+    (tmp_path / "dangling.npy").symlink_to(tmp_path / "gone.npy")
+    with pytest.raises(FileNotFoundError, match=r"dangling\.npy.* broken symbolic link .*gone\.npy"):
+        read_array(tmp_path / "dangling.npy", "--input")
+    with pytest.raises(FileNotFoundError, match=r"--input: .*nothere\.npy.* does not exist"):
+        read_array(tmp_path / "nothere.npy", "--input")
+    with pytest.raises(ValueError, match="is a folder"):
+        read_array(tmp_path, "--input")
+    (tmp_path / "k.txt").write_text("1 2 3")
+    with pytest.raises(ValueError, match=r"expected a \.npy or \.h5 file"):
+        read_array(tmp_path / "k.txt", "--input")
+
+
+def test_fastmri_folder_group_kspace_and_dangling_link_name_the_file(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "grp.h5", "w") as f:
+        f.create_group("kspace")
+    with pytest.raises(ValueError, match=r"grp\.h5: 'kspace' is an HDF5 group"):
+        FastMRIFolder(tmp_path, maps=None)
+    (tmp_path / "grp.h5").unlink()
+    _h5(tmp_path / "ok.h5", np.ones((1, 2, 8, 8), np.complex64))
+    (tmp_path / "link.h5").symlink_to(tmp_path / "moved_away.h5")
+    with pytest.raises(FileNotFoundError, match=r"link\.h5.* broken symbolic link"):
+        FastMRIFolder(tmp_path, maps=None)
+
+
 @pytest.mark.parametrize(
     "cls,hint",
     [(PhotoFolder, "image-net.org"), (NiftiFolder, "brain-development.org/ixi-dataset"), (FastMRIFolder, "fastmri.med.nyu.edu")],

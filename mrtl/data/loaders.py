@@ -22,7 +22,7 @@ from .._validate import check_choice, check_float, check_int, check_shape2d
 from ..fft import ifft2c
 from .sources import ImageRecord
 
-__all__ = ["PhotoFolder", "NiftiFolder", "FastMRIFolder", "CoilRecord", "parse_ixi_name", "crop_or_pad"]
+__all__ = ["PhotoFolder", "NiftiFolder", "FastMRIFolder", "CoilRecord", "parse_ixi_name", "crop_or_pad", "read_array"]
 
 _PHOTO_EXT = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG")
 _IXI = re.compile(r"^(IXI\d+)-([A-Za-z]+)-(\d+)-(T1|T2|PD|MRA|DTI)(?:[-_.].*)?$")
@@ -48,6 +48,88 @@ _FASTMRI_HELP = (
     "Download fastMRI multi-coil data yourself (fastmri.med.nyu.edu, e.g. brain_multicoil_val), "
     "unpack the .h5 files into one folder and pass it, e.g. FastMRIFolder('~/data/fastmri/multicoil_val')."
 )
+
+
+def _check_file(p: Path, what: str) -> None:
+    """``FileNotFoundError`` for a missing file or a dangling symbolic link, ``ValueError`` for a folder."""
+    if p.is_symlink() and not p.exists():
+        raise FileNotFoundError(
+            f"{what}: {str(p)!r} is a broken symbolic link (its target {os.readlink(p)!r} does not exist); "
+            "fix or remove the link"
+        )
+    if not p.exists():
+        raise FileNotFoundError(f"{what}: {str(p)!r} does not exist")
+    if p.is_dir():
+        raise ValueError(f"{what}: {str(p)!r} is a folder; expected a file")
+
+
+def read_array(path, what: str = "path", key: str | None = None, default_key: str | None = "kspace") -> np.ndarray:
+    """Read one array from a ``.npy`` file or one dataset of an HDF5 (``.h5``/``.hdf5``) file.
+
+    HDF5: the dataset ``key``; without ``key`` the dataset ``default_key`` (``"kspace"``, as in
+    fastMRI files), which must exist: a file without it is an error listing the datasets it holds
+    (never silently another dataset). ``default_key=None`` accepts a file holding exactly one
+    dataset. ``.npy`` files are read without pickle.
+
+    Args:
+        path: the file.
+        what: the argument's name for error messages (e.g. ``"--input"``).
+        key: dataset name inside an HDF5 file.
+        default_key: dataset read when ``key`` is None (HDF5 only).
+
+    Returns:
+        The array (``numpy.ndarray``).
+
+    Raises:
+        FileNotFoundError: a missing file or a broken symbolic link.
+        ValueError: a folder, an unknown suffix, an empty/truncated/corrupt file, a missing dataset,
+            or a key naming an HDF5 group instead of a dataset. Every message names the file.
+    """
+    p = Path(os.path.expanduser(str(path)))
+    _check_file(p, what)
+    suffix = p.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            f = h5py.File(p, "r")
+        except OSError as e:
+            raise ValueError(f"{what}: {str(p)!r} is not a readable HDF5 file (corrupt, truncated or another format: {e})") from e
+        with f:
+            names = []
+            f.visit(lambda n: names.append(n) if isinstance(f[n], h5py.Dataset) else None)
+            if key is None and default_key is None:
+                if len(names) != 1:
+                    raise ValueError(
+                        f"{what}: {str(p)!r} holds {len(names)} datasets {names[:20]}; expected exactly one "
+                        "(or name one with key=...)"
+                    )
+                k = names[0]
+            else:
+                k = key if key is not None else default_key
+            if k not in f:
+                how = "pass the dataset's name as key (mrtl reconstruct: --key NAME)"
+                raise ValueError(f"{what}: {str(p)!r} has no dataset {k!r}; it holds the datasets {names[:20]}; {how}")
+            obj = f[k]
+            if not isinstance(obj, h5py.Dataset):
+                raise ValueError(
+                    f"{what}: {k!r} in {str(p)!r} is an HDF5 {type(obj).__name__.lower()}, not a dataset; "
+                    f"expected an array (datasets in the file: {names[:20]})"
+                )
+            try:
+                return np.asarray(obj[()])
+            except (OSError, ValueError, TypeError) as e:
+                raise ValueError(f"{what}: cannot read dataset {k!r} of {str(p)!r} (truncated or corrupt: {e})") from e
+    if suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except EOFError as e:
+            raise ValueError(f"{what}: {str(p)!r} is empty; expected an array written by numpy.save") from e
+        except (ValueError, OSError) as e:
+            raise ValueError(
+                f"{what}: cannot read {str(p)!r} as a .npy array (truncated, corrupt or holding Python objects: {e})"
+            ) from e
+    raise ValueError(f"{what}: expected a .npy or .h5 file, got {str(p)!r}")
 
 
 def crop_or_pad(img: torch.Tensor, size) -> torch.Tensor:
@@ -277,7 +359,11 @@ class FastMRIFolder(torch.utils.data.Dataset):
         self.compress_method = check_choice(compress_method, "compress_method", ("gcc", "svd"))
         self.maps = check_choice(maps, "maps", ("espirit", None))
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.files = sorted(p for p in self.root.rglob("*.h5") if p.is_file())
+        found = sorted(self.root.rglob("*.h5"))
+        for p in found:
+            if p.is_symlink() and not p.exists():
+                _check_file(p, "root")  # a broken link names itself instead of vanishing from the list
+        self.files = [p for p in found if p.is_file()]
         if not self.files:
             raise FileNotFoundError(f"{self.root}: no .h5 files found. {_FASTMRI_HELP}")
         self._slices: list[tuple[int, int]] = []
@@ -286,7 +372,10 @@ class FastMRIFolder(torch.utils.data.Dataset):
             try:
                 with h5py.File(f, "r") as h:
                     if "kspace" not in h:
-                        raise ValueError(f"{f}: no 'kspace' dataset (keys: {sorted(h.keys())})")
+                        raise ValueError(f"{f}: no 'kspace' dataset (keys: {sorted(h.keys())}); expected a fastMRI file")
+                    if not isinstance(h["kspace"], h5py.Dataset):
+                        raise ValueError(f"{f}: 'kspace' is an HDF5 group, not a dataset; expected a fastMRI file "
+                                         "with a 'kspace' array of shape (slices, coils, H, W)")
                     shp = tuple(h["kspace"].shape)
             except OSError as e:
                 raise ValueError(f"{f}: cannot read this HDF5 file ({e})") from e
