@@ -261,9 +261,9 @@ def test_sweep_resumes_finished_cells(tmp_path):
 
     cfg = SweepConfig.tiny(output_dir=str(tmp_path), n_train_list=(6,), n_tune_list=(0, 2))
     first = ntune_sweep(cfg)
-    n_cells = len(list((tmp_path / "cells").glob("*.json")))
-    # reference raw + tuned, natural at Ntune 0 and 2, scratch at 2
-    assert n_cells == 5 and first.extra["cells_computed"] == 5
+    n_cells = len(list((tmp_path / "cells").glob("s0_R*.json")))
+    # reference raw + tuned, natural at Ntune 0 and 2, scratch at 2 (and the seed's validation choices)
+    assert n_cells == 5 and first.extra["cells_computed"] == 5 and (tmp_path / "cells" / "s0_choices.json").exists()
     second = ntune_sweep(cfg)
     assert second.extra["cells_computed"] == 0 and second.extra["cells_skipped"] == 5
     pd.testing.assert_frame_equal(first.table, second.table)
@@ -271,7 +271,7 @@ def test_sweep_resumes_finished_cells(tmp_path):
     assert (tmp_path / "sweep.png").exists() and "convergence" in first.extra
     # Other settings (here the fine-tuning budget) must not resume from cells computed with
     # the old ones: every cell that depends on them is recomputed, none is reused silently.
-    third = ntune_sweep(cfg.replace(ft_epochs=2))
+    third = ntune_sweep(cfg.replace(ft_epochs=cfg.ft_epochs + 1))
     assert third.extra["cells_skipped"] == 0 and third.extra["cells_computed"] == 5
 
 
@@ -308,6 +308,8 @@ def test_papermill_runner_tiny(tmp_path, capfd):
     man = json.loads((final / "manifest.json").read_text())
     assert man["status"] == "finished" and man["study"] == "transfer" and man["scale"] == "tiny"
     assert man["seeds"] == {"seed": 1} and man["parameters"]["recompute"] is True and man["wall_time_s"] > 0
+    # the seeds the study actually ran and the thread count inside the run
+    assert man["seeds_used"] == [1] and man["num_threads"] == TransferConfig.tiny().num_threads
     assert man["versions"]["torch"] and man["versions"]["mrtl"] and "cpu_count" in man["device"]
     assert "git_commit" in man
     assert sorted(man["files"] + ["manifest.json"]) == files  # the manifest lists what the run wrote
