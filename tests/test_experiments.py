@@ -468,3 +468,147 @@ def test_reproduce_failing_notebook_is_one_line_and_resumable(tmp_path, capfd):
     assert len(err) == 1 and "the transfer notebook failed in cell" in err[0] and str(empty) in err[0]
     man = json.loads((root / "transfer" / "tmp" / "f" / "manifest.json").read_text())
     assert man["status"] == "failed" and not (root / "transfer" / "f").exists()
+
+
+# ----------------------------------------------- killed at every write boundary, resumed, bit for bit
+#
+# A "write boundary" is the commit of an atomic write (mrtl.utils.atomic_write_bytes renames its
+# temporary over the target). The run is killed (SIGKILL, so no cleanup code runs) just before a
+# boundary, i.e. with the new content complete in its temporary but not yet renamed; the next run
+# resumes and is killed at the first boundary it reaches that the chain has not yet killed, and
+# so on until a run finishes. Wall-clock fields (seconds per epoch, wall times) are the only
+# allowed differences; everything else, weights included, must be bit-identical to an
+# uninterrupted run.
+
+_VOLATILE = {"seconds", "images_per_s", "wall_time_s", "timings_s", "finished_utc", "command"}
+
+
+def _canon(x) -> str:
+    import torch
+
+    if isinstance(x, dict):
+        return "{" + ",".join(f"{_canon(k)}:{_canon(v)}" for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))
+                              if k not in _VOLATILE) + "}"
+    if isinstance(x, (list, tuple)):
+        return "[" + ",".join(_canon(v) for v in x) + "]"
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu().contiguous()
+        return f"T({t.dtype},{tuple(t.shape)},{t.numpy().tobytes().hex() if t.numel() else ''})"
+    return repr(x)
+
+
+def _normalized(path: Path, root: Path | None = None) -> bytes:
+    """The content of a result file without its wall-clock fields (exact otherwise); the run's
+    own folder ``root``, which a config records, reads as ``<run>``."""
+    import csv
+    import io
+
+    import torch
+
+    def text():
+        t = path.read_text()
+        return t.replace(str(root), "<run>") if root is not None else t
+
+    if path.suffix == ".pt":
+        return _canon(torch.load(path, map_location="cpu", weights_only=False)).replace(str(root), "<run>").encode()
+    if path.suffix == ".json":
+        return _canon(json.loads(text())).encode()
+    if path.suffix == ".csv":
+        rows = list(csv.reader(io.StringIO(text())))
+        keep = [i for i, h in enumerate(rows[0]) if h not in _VOLATILE] if rows else []
+        return "\n".join(",".join(r[i] for i in keep if i < len(r)) for r in rows).encode()
+    return path.read_bytes()
+
+
+def _assert_same_run(got: Path, want: Path, skip=("manifest.json",)) -> int:
+    files = sorted(p.relative_to(want).as_posix() for p in want.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == files
+    exact = 0
+    for rel in files:
+        if rel in skip or rel.endswith(".ipynb"):
+            continue
+        a, b = got / rel, want / rel
+        assert _normalized(a, got) == _normalized(b, want), rel
+        if a.read_bytes() == b.read_bytes():
+            exact += 1
+        else:  # only wall-clock fields may differ
+            assert a.suffix in (".pt", ".json", ".csv") and _normalized(a, got) != a.read_bytes(), rel
+    return exact
+
+
+def _kill_before_new_boundaries(base: Path, seen: set, report_fd: int) -> None:
+    """In this (child) process: SIGKILL at the first atomic-write commit not yet in ``seen``."""
+    import hashlib
+    import signal
+
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        s, d = Path(src), Path(dst)
+        if s.is_file() and ".mrtl-" in s.name:  # the commit of mrtl.utils.atomic_write_bytes
+            probe = s.with_name(f"{s.name}.probe{d.suffix}")
+            probe.write_bytes(s.read_bytes())
+            new = _normalized(probe, base)
+            probe.unlink()
+            old = _normalized(d, base) if d.exists() else None
+            if new != old:
+                key = f"{os.path.relpath(d, base)}:{hashlib.sha1(new).hexdigest()}"
+                if key not in seen:
+                    os.write(report_fd, (key + "\n").encode())
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst, *a, **k)
+
+    os.replace = replace
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="kills forked copies of the test process (needs os.fork, POSIX)")
+def test_study_killed_at_every_write_boundary_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """What the notebook of ``mrtl reproduce --study transfer --scale tiny`` runs (the study with
+    its checkpoints, results and figures), killed at every write boundary in turn."""
+    import functools
+
+    import torch
+
+    from mrtl.experiments import load_or_run
+    from mrtl.experiments import results as results_mod
+
+    if hasattr(results_mod, "bootstrap_ci"):  # fewer resamples: the same in every run, and ~20x faster
+        monkeypatch.setattr(results_mod, "bootstrap_ci", functools.partial(results_mod.bootstrap_ci, n_boot=100))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic in every process, and fork-safe
+    try:
+        load_or_run(make_config("transfer", "tiny", output_dir=str(tmp_path / "ref")), recompute=True)
+        chain = tmp_path / "chain"
+        seen: set[str] = set()
+        for n_runs in range(1, 400):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                os.close(r)
+                code = 3
+                try:
+                    _kill_before_new_boundaries(chain, seen, w)
+                    load_or_run(make_config("transfer", "tiny", output_dir=str(chain)), recompute=True)
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(w)
+            with os.fdopen(r) as f:
+                seen.update(f.read().split())
+            _, status = os.waitpid(pid, 0)
+            if os.WIFEXITED(status):
+                assert os.WEXITSTATUS(status) == 0, "a resumed run failed"
+                break
+            assert n_runs < 399, "the chain does not end: a resumed run never reaches the state of the killed one"
+    finally:
+        torch.set_num_threads(threads)
+    kinds = {k.split(":")[0].rsplit("/", 1)[-1] for k in seen}
+    # every kind of boundary was hit: per-epoch checkpoints, best weights, logs, results, figures
+    assert {"checkpoint_pretrain.pt", "best_pretrain.pt", "checkpoint_finetune.pt", "best_finetune.pt",
+            "transfer.csv", "transfer.json", "transfer.png"} <= kinds, kinds
+    assert n_runs == len(seen) + 1 and len(seen) > 30
+    exact = _assert_same_run(chain, tmp_path / "ref")
+    assert exact >= 5  # results tables and figures are byte-identical, not only equal after normalising
+    assert not [p for p in chain.rglob("*.tmp")]  # every killed write's temporary was cleaned
