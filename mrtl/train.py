@@ -66,9 +66,24 @@ __all__ = [
     "load_checkpoint",
     "TRAIN_KEYS",
     "FINETUNE_KEYS",
+    "TrainingDiverged",
+    "DIVERGENCE_DB",
 ]
 
 CKPT_FORMAT = "mrtl-cascade-1"
+
+#: Divergence guard: an epoch whose validation PSNR falls this many dB below the PSNR of the
+#: phase's starting point (the stage input ``u_{p-1}`` in pretraining, the model before
+#: fine-tuning) stops training; without a validation set, a training loss ``10**(DIVERGENCE_DB/10)``
+#: times that of the starting point does. 30 dB is a 1000-fold error: no healthy epoch comes near
+#: it (lr 1e3 on the tiny test data gives -188 dB), and the selected best epoch could otherwise be
+#: such an image.
+DIVERGENCE_DB = 30.0
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss or weights, or collapsed (see :data:`DIVERGENCE_DB`).
+    The message names the phase, stage and epoch, and the last good checkpoint kept on disk."""
 
 #: The paper's full-scale settings (Methods, "Network training").
 PAPER: dict = {
@@ -155,8 +170,14 @@ def as_train_data(dataset, cc: bool = True, name: str = "dataset") -> TrainData:
     """Materialise ``dataset`` (a :class:`TrainData`, or a sequence of samples with the fields
     ``zero_filled, kspace, mask, reference, maps`` such as ``mrtl.data.UndersampledDataset``)
     into tensors. Multi-coil data get per-sample SPIRiT operators when ``cc`` (unless the
-    samples carry ``G_img``)."""
+    samples carry ``G_img``).
+
+    Raises:
+        ValueError: a field holds NaN/Inf values (the message names the field and the first
+            sample), sizes differ, or a field is missing.
+    """
     if isinstance(dataset, TrainData):
+        _check_finite_data(dataset, name)
         return dataset
     if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(f"{name}: expected a dataset (len() and [i] giving samples) or TrainData, got {type(dataset).__name__}")
@@ -199,10 +220,22 @@ def as_train_data(dataset, cc: bool = True, name: str = "dataset") -> TrainData:
     G = None if any(g is None for g in gs) else torch.stack(gs)
     if kspace.ndim == 4 and G is None and cc:
         G = _calibrate_G(kspace, mask)
-    for t, nm in ((x_u, "zero_filled"), (kspace, "kspace"), (ref, "reference")):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name}: {nm} contains NaN/Inf values")
-    return TrainData(x_u, kspace, mask, ref, maps_t, G, meta)
+    data = TrainData(x_u, kspace, mask, ref, maps_t, G, meta)
+    _check_finite_data(data, name)
+    return data
+
+
+def _check_finite_data(data: TrainData, name: str):
+    """Refuse NaN/Inf in any field: one such sample makes the loss, and then every weight, NaN."""
+    for nm, t in (("zero_filled", data.x_u), ("kspace", data.kspace), ("reference", data.reference),
+                  ("maps", data.maps), ("G_img", data.G_img)):
+        if t is None or not (t.is_floating_point() or t.is_complex()):
+            continue
+        ok = torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1)
+        if not bool(ok.all()):
+            bad = int((~ok).nonzero()[0, 0])
+            raise ValueError(f"{name}: {nm} of sample {bad} contains NaN/Inf values ({int((~ok).sum())} of "
+                             f"{t.shape[0]} samples affected); expected finite data")
 
 
 def _check_compatible(model: Cascade, data: TrainData, name: str):
@@ -334,7 +367,21 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or "arch" not in ckpt:
         raise ValueError(f"checkpoint: {str(path)!r} is not an mrtl cascade checkpoint (format {CKPT_FORMAT!r})")
+    _check_finite_weights(ckpt, path)
     return ckpt
+
+
+def _check_finite_weights(ckpt: dict, path=None):
+    """Refuse a checkpoint whose weights hold NaN/Inf (a diverged run): every image it made
+    would be NaN."""
+    sd = ckpt.get("model")
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"checkpoint: {str(path)!r} has no model weights")
+    bad = [k for k, v in sd.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        where = "the checkpoint" if path is None else repr(str(path))
+        raise ValueError(f"checkpoint: {where} holds non-finite (NaN/Inf) weights in {len(bad)} tensor(s), e.g. "
+                         f"{bad[0]!r}: it comes from a diverged run; retrain (e.g. with a lower lr) instead of using it")
 
 
 def load_model(path, map_location="cpu") -> Cascade:
@@ -344,6 +391,7 @@ def load_model(path, map_location="cpu") -> Cascade:
 
 def model_from_checkpoint(ckpt: dict) -> Cascade:
     """Rebuild a :class:`~mrtl.models.Cascade` from a checkpoint already read by :func:`load_checkpoint`."""
+    _check_finite_weights(ckpt)
     model = Cascade(**ckpt["arch"])
     model.load_state_dict(ckpt["model"])
     model.image_shape = tuple(ckpt["image_shape"]) if ckpt.get("image_shape") else None
@@ -455,6 +503,8 @@ def _run_phase(
     start_epoch, best = 0, None
     if resume_ckpt is not None:
         opt.load_state_dict(resume_ckpt["optimizer"])
+        for g in opt.param_groups:  # the arguments of this call, not those saved (e.g. a lower lr after divergence)
+            g.update(lr=lr, betas=tuple(betas), weight_decay=2.0 * weight_decay)
         start_epoch = int(resume_ckpt["epoch"])
         best = resume_ckpt.get("best")
         if best is not None and "metric" not in best:  # a checkpoint from before early stopping
@@ -501,6 +551,59 @@ def _run_phase(
                     "epoch": epoch, "state": stage_params()}
         return None
 
+    initial_state = stage_params()
+    ckpt_path = None if out_dir is None else Path(out_dir) / f"checkpoint_{phase}.pt"
+
+    def starting_point():
+        """(validation PSNR, training loss) of the phase's starting point, for the divergence guard."""
+        vp0 = float("nan")
+        if val is not None:
+            with torch.no_grad():
+                if p is None:
+                    vp0 = evaluate_val()[1]
+                else:  # the stage input u_{p-1} (cached prefix or recomputed)
+                    ps = []
+                    for s in range(0, len(val), batch_size):
+                        idx = torch.arange(s, min(s + batch_size, len(val)), device=val.x_u.device)
+                        x_in, b = _inputs(model, val, idx, val_state)
+                        ps.append(_psnr_batch(model.output(x_in, b["maps"]), b["reference"]))
+                    vp0 = float(torch.cat(ps).mean())
+            return vp0, float("nan")
+        tl0, cnt0 = 0.0, 0
+        model.eval()
+        with torch.no_grad():
+            for s in range(0, n, batch_size):
+                idx = torch.arange(s, min(s + batch_size, n), device=train.x_u.device)
+                x_in, b = _inputs(model, train, idx, train_state)
+                out = model.output(x_in, b["maps"]) if p is not None else _StageModule(model, None)(x_in, b["kspace"], b["mask"], b["maps"], b["G_img"])
+                per = hybrid_loss(out, b["reference"], coils, reduction="none")
+                tl0, cnt0 = tl0 + float(per.sum()), cnt0 + per.numel()
+        model.train()
+        return float("nan"), tl0 / max(cnt0, 1)
+
+    def diverged(epoch, why):
+        """Put back the best (else the starting) weights and stop with a message naming the
+        phase, stage, epoch and the checkpoint kept."""
+        restore(best["state"] if best is not None else initial_state)
+        for q in model.parameters():
+            q.requires_grad_(True)
+        where = f"{phase}" + (f" stage {stage}" if p is not None else "") + f", epoch {epoch}/{epochs}"
+        if ckpt_path is None:
+            kept = "nothing is saved (no out_dir)"
+        elif ckpt_path.is_file():
+            try:
+                ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                at = f"{ck['phase']}" + (f" stage {ck['stage']}" if ck["phase"] == "pretrain" else "") + f" epoch {ck['epoch']}"
+            except Exception:  # noqa: BLE001 - only for the message
+                at = "unreadable"
+            kept = f"the last good checkpoint ({at}) is kept in {str(ckpt_path)!r} and a rerun resumes from it"
+        else:
+            kept = f"no checkpoint of this phase was written yet in {str(out_dir)!r}"
+        raise TrainingDiverged(f"training diverged in {where}: {why}; {kept}. Lower the learning rate (lr={lr:g})")
+
+    n = len(train)
+    base_psnr, base_loss = starting_point()
+
     if phase == "finetune" and start_epoch == 0 and resume_ckpt is None:
         vl, vp = evaluate_val()
         history.append(dict(phase=phase, stage=stage, epoch=0, train_loss=float("nan"), val_loss=vl, val_psnr=vp,
@@ -515,7 +618,6 @@ def _run_phase(
     def stop_now(done_epochs):
         return patience is not None and best is not None and done_epochs - int(best["epoch"]) >= patience
 
-    n = len(train)
     model.train()
     epoch = start_epoch
     while epoch < epochs and not stop_now(epoch):
@@ -546,7 +648,20 @@ def _run_phase(
             dist.all_reduce(t)
             train_loss = float(t[0] / t[1].clamp_min(1))
         secs = time.perf_counter() - t0
+        if not np.isfinite(train_loss):
+            diverged(epoch + 1, f"the training loss is {train_loss}")
+        if not bool(torch.stack([q.detach().isfinite().all() for q in params]).all()):
+            diverged(epoch + 1, "the weights hold NaN/Inf values")
         vl, vp = evaluate_val()
+        if val is not None:
+            if not (np.isfinite(vl) and np.isfinite(vp)):
+                diverged(epoch + 1, f"the validation loss is {vl} (PSNR {vp} dB)")
+            if vp < base_psnr - DIVERGENCE_DB:
+                diverged(epoch + 1, f"the validation PSNR fell to {vp:.1f} dB, more than {DIVERGENCE_DB:g} dB below "
+                                    f"the {base_psnr:.1f} dB of the {'stage input' if p is not None else 'model before fine-tuning'}")
+        elif train_loss > base_loss * 10 ** (DIVERGENCE_DB / 10):
+            diverged(epoch + 1, f"the training loss rose to {train_loss:.3g}, over {10 ** (DIVERGENCE_DB / 10):g} times "
+                                f"the {base_loss:.3g} of the {'stage input' if p is not None else 'model before fine-tuning'}")
         epoch += 1
         history.append(dict(phase=phase, stage=stage, epoch=epoch, train_loss=train_loss, val_loss=vl, val_psnr=vp,
                             lr=lr, seconds=round(secs, 4), images_per_s=round(n / secs, 3) if secs > 0 else float("nan")))
@@ -1042,4 +1157,7 @@ def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size:
             mv = lambda t: None if t is None else t[sl].to(device)  # noqa: E731
             outs.append(model(mv(x_u), mv(kspace), mv(mask), mv(maps), mv(G_img)).cpu())
     out = torch.cat(outs) * scale.view(-1, 1, 1)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("reconstruct: the network produced NaN/Inf values for these inputs (finite weights and "
+                         "k-space); check that the k-space scale and mask match the training data")
     return out[0] if unbatched else out

@@ -414,3 +414,94 @@ def test_kill_at_every_write_boundary_then_resume_gives_the_uninterrupted_files(
         for name in ref:
             assert got[name] == ref[name], f"kill after write {k}: {name} differs from the uninterrupted run"
         assert all(torch.equal(a, b) for a, b in zip(_weights(ref_model), _weights(m))), k
+
+
+# ----------------------------------------------------------------------------------------------
+# divergence guard and non-finite data/weights
+
+
+def _finite(m):
+    return all(bool(torch.isfinite(t).all()) for t in m.state_dict().values())
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_huge_learning_rate_stops_with_a_clear_error_and_finite_weights(tmp_path, with_val):
+    """lr 1e6 used to finish (exit 0) with a validation PSNR of about -370 dB, and fine-tuning
+    without a validation set left NaN weights in the model and in best_finetune.pt."""
+    from mrtl.train import TrainingDiverged
+
+    tr, va = _tiny(8, seed=0), (_tiny(4, seed=1) if with_val else None)
+    # a non-finite loss in the first epoch
+    m = Cascade(2, width=4, depth=1, seed=0)
+    with pytest.raises(TrainingDiverged, match=r"pretrain stage 1, epoch 1/2: the training loss is (inf|nan); no checkpoint "
+                                               r".*Lower the learning rate \(lr=1e\+06\)"):
+        train_sequential(m, tr, va, epochs_per_subnet=2, out_dir=tmp_path / "p", **dict(KW, lr=1e6))
+    assert _finite(m)
+    assert not (tmp_path / "p" / "best_pretrain.pt").exists()
+    m = Cascade(2, width=4, depth=1, seed=0)
+    before = _weights(m)
+    with pytest.raises(TrainingDiverged, match=r"finetune, epoch 1/2: the training loss is nan"):
+        finetune(m, tr, va, epochs=2, out_dir=tmp_path / "f", **dict(KW, lr=1e6))
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(m)))  # the weights before fine-tuning
+    assert not (tmp_path / "f" / "best_finetune.pt").exists()
+    # a finite loss but a collapsed image (validation PSNR about -190 dB; training loss 1e20)
+    for fn, kw in ((train_sequential, dict(epochs_per_subnet=2)), (finetune, dict(epochs=2))):
+        m = Cascade(2, width=4, depth=1, seed=0)
+        what = "validation PSNR fell to" if with_val else "training loss rose to"
+        with pytest.raises(TrainingDiverged, match=rf"(pretrain stage \d|finetune), epoch \d/2: the ({what}|training loss is (nan|inf))"):
+            fn(m, tr, va, out_dir=tmp_path / fn.__name__, **dict(KW, lr=1e3), **kw)
+        assert _finite(m)
+        for f in (tmp_path / fn.__name__).glob("*.pt"):
+            load_checkpoint(f)  # whatever was written holds finite weights
+
+
+def test_divergence_keeps_the_last_good_checkpoint_and_a_rerun_resumes(tmp_path):
+    from mrtl.train import TrainingDiverged
+
+    tr, va = _tiny(8, seed=0), _tiny(4, seed=1)
+    kw = dict(KW, epochs_per_subnet=2)
+    ref = Cascade(2, width=4, depth=1, seed=0)
+    train_sequential(ref, tr, va, **kw)
+    m = Cascade(2, width=4, depth=1, seed=0)
+
+    def poison(info):  # a NaN weight in stage 2, epoch 2 (as from an overflowing gradient)
+        if (info["stage"], info["epoch"], info["step"]) == (2, 1, 0):
+            with torch.no_grad():
+                next(m.subnets[1].parameters()).view(-1)[0] = float("nan")
+
+    with pytest.raises(TrainingDiverged, match=r"pretrain stage 2, epoch 2/2: .*last good checkpoint "
+                                               r"\(pretrain stage 2 epoch 1\) is kept in .*checkpoint_pretrain.pt"):
+        train_sequential(m, tr, va, out_dir=tmp_path, callback=poison, **kw)
+    assert _finite(m)
+    ck = load_checkpoint(tmp_path / "checkpoint_pretrain.pt")
+    assert (ck["stage"], ck["epoch"]) == (2, 1)
+    m2 = Cascade(2, width=4, depth=1, seed=0)
+    train_sequential(m2, tr, va, out_dir=tmp_path, **kw)  # resumes from stage 2 epoch 1
+    assert all(torch.equal(a, b) for a, b in zip(_weights(ref), _weights(m2)))
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    from mrtl.train import model_from_checkpoint, save_model
+
+    m = Cascade(2, width=4, depth=1, seed=0)
+    with torch.no_grad():
+        next(m.subnets[1].parameters()).view(-1)[0] = float("inf")
+    save_model(m, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"non-finite \(NaN/Inf\) weights .*subnets\.1\..*diverged"):
+        load_model(tmp_path / "bad.pt")
+    ck = torch.load(tmp_path / "bad.pt", weights_only=True)
+    with pytest.raises(ValueError, match="non-finite"):
+        model_from_checkpoint(ck)
+
+
+def test_as_train_data_refuses_nan_naming_the_field_and_sample():
+    d = _tiny(4, seed=0)
+    ref = d.reference.clone()
+    ref[2, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="train_set: reference of sample 2 contains NaN/Inf"):
+        train_sequential(Cascade(1, width=4, depth=1), type(d)(d.x_u, d.kspace, d.mask, ref), epochs_per_subnet=1, **KW)
+    samples = [dict(zero_filled=d.x_u[i], kspace=d.kspace[i], mask=d.mask[i], reference=d.reference[i], maps=None) for i in range(4)]
+    samples[1]["kspace"] = d.kspace[1].clone()
+    samples[1]["kspace"][0, 0] = complex(float("inf"), 0)
+    with pytest.raises(ValueError, match="val_set: kspace of sample 1 contains NaN/Inf"):
+        as_train_data(samples, name="val_set")

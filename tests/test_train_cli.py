@@ -126,3 +126,21 @@ def test_help_explains_each_option(cmd, capsys):
     for a in opts:
         assert a.help and len(a.help) > 10, a.option_strings
         assert a.option_strings[0] in out and " ".join(a.help.split())[:25] in out
+
+
+def test_reconstruct_refuses_a_checkpoint_with_nan_weights(trained, tmp_path, capsys):
+    """A NaN-weight checkpoint used to give an all-NaN output file and exit 0."""
+    from mrtl.train import load_checkpoint
+
+    ck = torch.load(trained / "run" / "best_pretrain.pt", weights_only=True)
+    name = next(k for k, v in ck["model"].items() if v.is_floating_point())
+    ck["model"][name] = torch.full_like(ck["model"][name], float("nan"))
+    torch.save(ck, tmp_path / "nan.pt")
+    np.save(tmp_path / "k.npy", np.ones((32, 32), np.complex64))
+    np.save(tmp_path / "m.npy", np.ones((32, 32), bool))
+    assert main(["reconstruct", "--ckpt", str(tmp_path / "nan.pt"), "--input", str(tmp_path / "k.npy"), "--mask",
+                 str(tmp_path / "m.npy"), "--output", str(tmp_path / "o.npy")]) != 0
+    err = capsys.readouterr().err
+    assert "nan.pt" in err and "non-finite" in err and name in err
+    assert not (tmp_path / "o.npy").exists()
+    load_checkpoint(trained / "run" / "best_pretrain.pt")  # the good one still loads
