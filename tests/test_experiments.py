@@ -5,6 +5,8 @@ the papermill runner and the CLI."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -288,16 +290,32 @@ def test_multicoil_tiny(tmp_path):
     assert t[t["method"] == "SPIRiT"]["psnr_mean"].iloc[0] > zf
 
 
-def test_papermill_runner_tiny(tmp_path, capfd):
+@pytest.fixture(scope="module")
+def tiny_reproduce(tmp_path_factory):
+    """An uninterrupted ``mrtl reproduce --study transfer --scale tiny -p seed 1 --run-id t1``
+    (with the progress bar on and the umask 022); returns (final folder, stderr)."""
     pytest.importorskip("papermill")
     from mrtl.experiments import run_study
 
+    root = tmp_path_factory.mktemp("reproduce")
     umask = os.umask(0o022)
-    try:
-        final = run_study("transfer", "tiny", {"seed": 1}, results_root=tmp_path, run_id="t1", progress_bar=True)
+    err_file = root.parent / f"{root.name}.stderr"
+    bar = io.StringIO()
+    saved = os.dup(2)
+    try:  # the progress bar writes to sys.stderr, the kernel to file descriptor 2
+        with open(err_file, "w") as f, contextlib.redirect_stderr(bar):
+            os.dup2(f.fileno(), 2)
+            final = run_study("transfer", "tiny", {"seed": 1}, results_root=root, run_id="t1", progress_bar=True)
     finally:
+        os.dup2(saved, 2)
+        os.close(saved)
         os.umask(umask)
-    err = capfd.readouterr().err
+    return final, bar.getvalue() + err_file.read_text()
+
+
+def test_papermill_runner_tiny(tiny_reproduce):
+    final, err = tiny_reproduce
+    tmp_path = final.parents[1]
     # progress per cell, and no kernel chatter about its local TCP sockets
     assert "transfer (tiny)" in err and "cell" in err and "without encryption" not in err
     files = sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file())
@@ -520,7 +538,12 @@ def _normalized(path: Path, root: Path | None = None) -> bytes:
     return path.read_bytes()
 
 
-def _assert_same_run(got: Path, want: Path, skip=("manifest.json",)) -> int:
+def _assert_same_run(got: Path, want: Path, got_root: Path | None = None, want_root: Path | None = None,
+                     skip=("manifest.json",)) -> int:
+    """Assert that the run folders ``got`` and ``want`` hold the same files with the same content
+    (wall-clock fields aside; paths under ``*_root`` compare equal); return how many are
+    byte-identical."""
+    got_root, want_root = got_root or got, want_root or want
     files = sorted(p.relative_to(want).as_posix() for p in want.rglob("*") if p.is_file())
     assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == files
     exact = 0
@@ -528,11 +551,11 @@ def _assert_same_run(got: Path, want: Path, skip=("manifest.json",)) -> int:
         if rel in skip or rel.endswith(".ipynb"):
             continue
         a, b = got / rel, want / rel
-        assert _normalized(a, got) == _normalized(b, want), rel
+        assert _normalized(a, got_root) == _normalized(b, want_root), rel
         if a.read_bytes() == b.read_bytes():
             exact += 1
         else:  # only wall-clock fields may differ
-            assert a.suffix in (".pt", ".json", ".csv") and _normalized(a, got) != a.read_bytes(), rel
+            assert a.suffix in (".pt", ".json", ".csv") and _normalized(a, got_root) != a.read_bytes(), rel
     return exact
 
 
@@ -612,3 +635,67 @@ def test_study_killed_at_every_write_boundary_resumes_bit_for_bit(tmp_path, monk
     exact = _assert_same_run(chain, tmp_path / "ref")
     assert exact >= 5  # results tables and figures are byte-identical, not only equal after normalising
     assert not [p for p in chain.rglob("*.tmp")]  # every killed write's temporary was cleaned
+
+
+# the `mrtl` command, with os.replace patched to SIGKILL the whole run (its process group) just
+# before the first rename it reaches that is not listed in the state file (argv[1]); the
+# kernel's own writes are left alone here (the study test above kills those)
+_KILLING_CLI = """
+import os, re, signal, sys
+state, root = sys.argv[1], sys.argv[2]
+seen = set(open(state).read().split()) if os.path.exists(state) else set()
+real_replace = os.replace
+def replace(src, dst, *a, **k):
+    s, d = os.path.abspath(src), os.path.abspath(dst)
+    if os.path.isdir(s):
+        key = "dir:" + re.sub(r"[0-9]+", "N", os.path.basename(s)) + "->" + re.sub(r"[0-9]+", "N", os.path.relpath(d, root))
+    else:
+        key = "file:" + os.path.relpath(d, root)
+    if key not in seen:
+        with open(state, "a") as f:
+            f.write(key + "\\n")
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    return real_replace(src, dst, *a, **k)
+os.replace = replace
+from mrtl.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="kills process groups (POSIX)")
+def test_reproduce_killed_at_every_runner_boundary_resumes_bit_for_bit(tmp_path, tiny_reproduce):
+    """``mrtl reproduce --overwrite`` over an earlier run, killed before each of its own commits
+    (marker, input notebook, manifest, deletion of the checkpoints, parking the earlier run,
+    moving the run into place) and rerun with the same command: the final folder equals the
+    uninterrupted run's, and nothing is left behind."""
+    import signal
+    import subprocess
+    import sys
+
+    want, _ = tiny_reproduce
+    root = tmp_path / "results"
+    _finished_run(root / "transfer" / "t1", "an earlier run")
+    state = tmp_path / "killed.txt"
+    env = dict(os.environ, MRTL_QUIET="1")
+    cmd = [sys.executable, "-c", _KILLING_CLI, str(state), str(root), "reproduce", "--study", "transfer",
+           "--scale", "tiny", "-p", "seed", "1", "--results-root", str(root), "--run-id", "t1", "--overwrite"]
+    codes = []
+    for _ in range(12):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, start_new_session=True, timeout=600)
+        codes.append(proc.returncode)
+        if proc.returncode != -signal.SIGKILL:
+            break
+    assert codes[-1] == 0, proc.stderr[-2000:]
+    killed = state.read_text().split()
+    assert len(codes) == len(killed) + 1 and len(killed) >= 6, (codes, killed)
+    for what in ("file:transfer/tmp/t1/.mrtl-run.json", "file:transfer/tmp/t1/manifest.json",
+                 "dir:checkpoints->transfer/tmp/tN/.mrtl-trash-N", "dir:tN->transfer/.tN.mrtl-replaced-N",
+                 "dir:tN->transfer/tN"):
+        assert what in killed, (what, killed)
+    got = root / "transfer" / "t1"
+    assert _assert_same_run(got, want, root, want.parents[1]) >= 5
+    man = json.loads((got / "manifest.json").read_text())
+    assert man["status"] == "finished" and man["files"] == json.loads((want / "manifest.json").read_text())["files"]
+    assert sorted(p.name for p in (root / "transfer").iterdir()) == ["t1"]  # no tmp/, nothing parked
+    assert not [p for p in got.rglob("*") if ".mrtl-" in p.name]
