@@ -108,13 +108,18 @@ def collect_manifest(study: str, scale: str, parameters: dict, wall_time_s: floa
     seeds, wall time, parameters, status."""
     status_porcelain = _git("status", "--porcelain")
     seeds = {k: v for k, v in parameters.items() if "seed" in k}
+    # changes under results/ are outputs (earlier runs, this one), not code: they do not make
+    # the tree dirty; anything else (tracked or untracked) does and is listed
+    dirty_files = None if status_porcelain is None else [
+        ln[3:] for ln in status_porcelain.splitlines() if ln[3:] and not ln[3:].strip('"').startswith("results/")]
     return {
         "study": study,
         "scale": scale,
         "run_id": run_id,
         "status": status,
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status_porcelain) if status_porcelain is not None else None,
+        "git_dirty": bool(dirty_files) if dirty_files is not None else None,
+        "git_dirty_files": (dirty_files or [])[:50],
         "versions": _versions(),
         "device": _device_info(parameters.get("device")),
         "seeds": seeds,
@@ -509,12 +514,21 @@ def _execute(study, scale, src, work, run_id, params_in, kernel_name, log_output
                  and not is_stale_temp(work / r)]
         manifest = collect_manifest(study, scale, {k: v for k, v in params.items() if k != "output_dir"},
                                     round(wall, 2), status, run_id,
-                                    extra={"notebook": NOTEBOOKS[study], "files": files})
+                                    extra={"notebook": NOTEBOOKS[study], "files": files, **_study_facts(work, study)})
         atomic_write_text(work / MANIFEST, json.dumps(manifest, indent=1, default=str))
         try:
             inp.unlink()
         except FileNotFoundError:
             pass
+
+
+def _study_facts(work: Path, study: str) -> dict:
+    """What the study itself recorded about the run (``<study>.json``): the seeds it actually
+    ran and the torch thread count inside the run (results on CPU depend on it)."""
+    extra = (_read_json(work / f"{study}.json") or {}).get("extra") or {}
+    if "seeds" not in extra:  # the study did not finish (or is not one of ours)
+        return {}
+    return {"seeds_used": extra["seeds"], "num_threads": extra.get("num_threads")}
 
 
 def _place(work: Path, final: Path, study: str, overwrite: bool, flag: str) -> None:
