@@ -602,7 +602,10 @@ def _run_phase(
         raise TrainingDiverged(f"training diverged in {where}: {why}; {kept}. Lower the learning rate (lr={lr:g})")
 
     n = len(train)
-    base_psnr, base_loss = starting_point()
+    if resume_ckpt is not None and resume_ckpt.get("divergence_base") is not None:
+        base_psnr, base_loss = resume_ckpt["divergence_base"]  # measured before the interruption
+    else:
+        base_psnr, base_loss = starting_point()
 
     if phase == "finetune" and start_epoch == 0 and resume_ckpt is None:
         vl, vp = evaluate_val()
@@ -677,6 +680,7 @@ def _run_phase(
                 "rng": _rng_state(), "phase": phase, "stage": stage, "epoch": epoch, "epochs": epochs, "best": best,
                 "since_best": None if best is None else epoch - int(best["epoch"]), "patience": patience,
                 "select_on": crit, "history": history, "image_shape": list(train.shape), "complete": False,
+                "divergence_base": [base_psnr, base_loss],
             }
             ckpt.update(extra_ckpt)
             _save_torch(ckpt, Path(out_dir) / f"checkpoint_{phase}.pt")
