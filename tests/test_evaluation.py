@@ -260,3 +260,22 @@ def test_snippet_numbers_come_from_the_claims_files():
         if c["id"] == "T1_transferred_minus_cs":
             assert f"{c['estimate']:+.2f}" in text and f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]" in text
             assert c["verdict"] in text
+
+
+def test_a_diverging_learning_rate_is_rejected_not_fatal():
+    from mrtl.train import TrainingDiverged
+
+    cfg = TransferConfig.tiny(lr_grid=(1e-3, 1e-2, 1e-1))
+    tr = C.Tracker(cfg)
+
+    def run(lr):
+        if lr == 1e-1:
+            raise TrainingDiverged("finetune epoch 3: non-finite loss")
+        stage = dict(stage=0, epochs=[0, 1, 2], val_psnr=[20.0, 21.0 + lr * 100, 20.5], best_epoch=1, stopped_epoch=2,
+                     max_epochs=2, patience=1)
+        return f"model@{lr:g}", [stage], stage["val_psnr"][1]
+
+    assert tr.train("finetune", "net", 4, run) == "model@0.01" and tr.lr["finetune"] == 1e-2
+    assert tr.train("finetune", "other", 4, run) == "model@0.01"  # reused, not searched again
+    with pytest.raises(TrainingDiverged, match="every learning rate"):
+        C.Tracker(cfg).train("scratch", "net", 4, lambda lr: (_ for _ in ()).throw(TrainingDiverged("x")))

@@ -235,12 +235,24 @@ class Tracker:
             model, stages, _ = run(self.lr[kind])
             self._record(network, R, kind, self.lr[kind], stages, True, time.perf_counter() - t0)
             return model
+        from ..train import TrainingDiverged
+
         tried = []
-        for lr in self.cfg.lr_candidates(kind):
+        grid = self.cfg.lr_candidates(kind)
+        for lr in grid:
             t0 = time.perf_counter()
-            model, stages, score = run(lr)
+            try:
+                model, stages, score = run(lr)
+            except TrainingDiverged as exc:
+                if len(grid) == 1:
+                    raise
+                # a rate of the grid that diverges is rejected (scored NaN), not fatal
+                log(f"R={R}: {network} at lr {lr:g} diverged ({exc}); rejected")
+                model, stages, score = None, [], float("nan")
             tried.append((score, lr, model, stages, time.perf_counter() - t0))
             log(f"R={R}: {network} at lr {lr:g}: validation PSNR {score:.2f} dB")
+        if all(t[0] != t[0] for t in tried):
+            raise TrainingDiverged(f"{network}: every learning rate of {list(grid)} diverged or scored NaN on validation")
         # the highest validation PSNR; NaN never wins; ties go to the first (smallest) rate
         best = max(range(len(tried)), key=lambda i: (tried[i][0] == tried[i][0], tried[i][0] if tried[i][0] == tried[i][0] else 0, -i))
         for i, (score, lr, model, stages, secs) in enumerate(tried):
