@@ -297,6 +297,26 @@ def test_dataloader_two_workers_matches_single_process(t1_small):
             assert torch.equal(u, v)
 
 
+def test_persistent_workers_follow_set_epoch(t1_small):
+    """Persistent DataLoader workers keep their own copy of the dataset: set_epoch in the main
+    process used to never reach them, so every epoch repeated epoch 0's masks and noise."""
+    ds = UndersampledDataset(t1_small, _random_masks(50, (32, 32)), noise_std=0.05, seed=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True, collate_fn=collate)
+    got = {}
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        got[epoch] = [(b.mask, b.kspace) for b in loader]
+    for epoch in (0, 1, 2):  # each epoch equals the single-process samples of that epoch
+        ds.set_epoch(epoch)
+        want = [ds[i] for i in range(len(ds))]
+        masks = torch.cat([m for m, _ in got[epoch]])
+        kspace = torch.cat([k for _, k in got[epoch]])
+        assert torch.equal(masks, torch.stack([s.mask for s in want])), epoch
+        assert torch.equal(kspace, torch.stack([s.kspace for s in want])), epoch
+    assert not torch.equal(torch.cat([m for m, _ in got[0]]), torch.cat([m for m, _ in got[1]]))
+    assert ds.epoch == 2
+
+
 def test_maskbank_from_mrtl_masks(t1_small):
     from mrtl.masks import MaskBank
 

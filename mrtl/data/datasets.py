@@ -120,8 +120,9 @@ class UndersampledDataset(torch.utils.data.Dataset):
 
     The mask of sample ``i`` is ``mask_bank[j]`` with ``j`` drawn from ``(seed, i, epoch)``: the same
     seed gives the same samples; :meth:`set_epoch` varies masks (and augmentation, phase, coil maps,
-    noise) between epochs. With ``DataLoader(num_workers>0, persistent_workers=False)``, call
-    ``set_epoch`` before iterating: the workers get a fresh copy each epoch.
+    noise) between epochs. The epoch lives in shared memory, so ``DataLoader`` workers see it
+    too, persistent ones (``persistent_workers=True``) included: call ``set_epoch`` before
+    ``iter(loader)`` (workers start prefetching when the iterator is created).
     """
 
     def __init__(
@@ -155,7 +156,9 @@ class UndersampledDataset(torch.utils.data.Dataset):
         self.n_map_sets = check_int(n_map_sets, "n_map_sets", low=1)
         self.n_coils = check_int(n_coils, "n_coils", low=1)
         self.n_virtual = check_int(n_virtual, "n_virtual", low=1, high=self.n_coils)
-        self.epoch = 0
+        # one int64 in shared memory: a persistent DataLoader worker holds its own copy of the
+        # dataset, and a plain attribute set in the main process would never reach it
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._maps_shape, self._maps = None, None
         if self.coils == "simulate":  # build the map bank once, before any DataLoader worker starts
             first = source[0]
@@ -165,8 +168,14 @@ class UndersampledDataset(torch.utils.data.Dataset):
             self._maps = coil_map_bank(self._maps_shape, self.n_map_sets, self.n_coils, self.n_virtual, seed=self.seed)
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that, with the seed and the index, determines each sample's random draws."""
-        self.epoch = check_int(epoch, "epoch", low=0)
+        """Set the epoch that, with the seed and the index, determines each sample's random draws
+        (seen by every DataLoader worker, persistent ones included)."""
+        self._epoch.fill_(check_int(epoch, "epoch", low=0))
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (see :meth:`set_epoch`)."""
+        return int(self._epoch)
 
     def __len__(self) -> int:
         return len(self.source)
