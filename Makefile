@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export MPLBACKEND := Agg
 
-.PHONY: all install demo test test-fast book book-check notebooks reproduce bench clean help
+.PHONY: all install demo test test-fast book book-check notebooks lab reproduce bench clean help
 
 help:
 	@echo "make demo       run the single-coil transfer-learning study on the bundled data (small scale)"
 	@echo "make test       run the test suite"
 	@echo "make book       build the course (jupyter-book, every notebook executed) into _build/html"
 	@echo "make notebooks  regenerate the Colab notebooks book/**/*.ipynb from the MyST chapters"
+	@echo "make lab        install JupyterLab into .venv and open the chapters' notebooks"
 	@echo "make reproduce  run every study notebook through papermill (STUDY=..., SCALE=small|full)"
 	@echo "make bench      print the benchmark tables"
 
@@ -47,6 +48,10 @@ book: $(STAMP)
 
 notebooks: $(STAMP)
 	$(PY) tools/make_notebooks.py
+
+lab: $(STAMP)
+	$(PY) -m pip install -q "jupyterlab>=4"
+	$(VENV)/bin/jupyter lab book
 
 book-check: $(STAMP)
 	$(PY) -m pytest -q tests/test_book_browser.py

@@ -46,7 +46,7 @@ MIN_FIGURES = {
     "book/01_kspace.html": 8,
     "book/02_compressed_sensing.html": 7,
     "book/03_parallel_imaging.html": 5,
-    "book/04_data_consistency.html": 5,
+    "book/04_data_consistency.html": 4,
     "book/05_transfer_learning.html": 5,
     "book/06_multicoil.html": 3,
     "book/07_reproducing.html": 2,

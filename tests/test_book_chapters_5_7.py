@@ -133,3 +133,29 @@ def test_keyword_arguments_accepted(name):
             if kw.arg is not None and kw.arg not in sig.parameters:
                 problems.append(f"{dotted}(... {kw.arg}=...)")
     assert not problems, f"{name}: keyword arguments not in the signatures: {problems}"
+
+
+def _run_cell(source: str):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient", reason="nbclient (installed with papermill) runs the kernel")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    return "".join(o.get("text", "") for o in nb.cells[0].outputs)
+
+
+_NO_IPYWIDGETS = (
+    "import os, sys, warnings\n"
+    "os.environ.pop('MRTL_QUIET', None)\n"
+    "sys.modules['ipywidgets'] = None  # a Jupyter kernel without ipywidgets, like chapter 6's reader\n"
+    "warnings.simplefilter('always')\n"
+)
+
+
+def test_progress_in_a_notebook_without_ipywidgets_warns_nothing():
+    """Chapter 6 showed tqdm's "IProgress not found" TqdmWarning, with the reader's venv path."""
+    # the situation is real: tqdm.auto itself warns in such a kernel
+    bare = _run_cell(_NO_IPYWIDGETS + "from tqdm.auto import tqdm\n")
+    assert "IProgress not found" in bare, f"tqdm no longer warns without ipywidgets: {bare!r}"
+    out = _run_cell(_NO_IPYWIDGETS + "from mrtl.utils import progress\nprint('sum', sum(progress(range(4), desc='steps')))\n")
+    assert "sum 6" in out, out
+    assert "Warning" not in out and "IProgress" not in out and "site-packages" not in out, out

@@ -309,6 +309,20 @@ def test_generated_notebook_is_colab_ready(docname):
         assert 'device = "cpu"' not in "".join(c["source"]), f"{docname}.ipynb: the parameters pin the CPU on Colab"
 
 
+@pytest.mark.parametrize("docname", NOTEBOOK_PAGES)
+def test_generated_notebook_runs_the_book_code(docname):
+    """The notebook's code is the page's code, cell for cell (what the book build executes), except
+    for the Colab form titles and a study's device parameter."""
+    page = [c.source for c in _read(docname).cells if c.cell_type == "code"]
+    nb = json.loads((ROOT / f"{docname}.ipynb").read_text())
+    gen = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert len(gen) == len(page), f"{docname}: {len(gen)} code cells in the notebook, {len(page)} on the page"
+    for g, p in zip(gen, page):
+        g = re.sub(r"^# @title [^\n]*\n", "", g)
+        g = g.replace(make_notebooks.GPU_DEVICE, 'device = "cpu"').removeprefix("import torch\n\n") if g != p else g
+        assert g == p, f"{docname}: a generated cell differs from the page:\n{g[:300]}\n---\n{p[:300]}"
+
+
 def test_book_extra_covers_the_chapter_imports():
     """Everything the chapters import comes with `pip install mrtl[book]` (what Colab installs)."""
     import importlib.metadata as md
