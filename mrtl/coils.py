@@ -63,6 +63,7 @@ def espirit_maps(kspace, calib: int = 24, thresh: float = 0.02, kernel_size: int
     import sigpy.mri.app as app
 
     kspace = check_complex(kspace, "kspace", ndim=(3, 4))
+    _check_coil_first(kspace)
     calib = check_int(calib, "calib", low=2)
     kernel_size = check_int(kernel_size, "kernel_size", low=1)
     thresh = check_float(thresh, "thresh", low=0.0)
@@ -84,12 +85,27 @@ def espirit_maps(kspace, calib: int = 24, thresh: float = 0.02, kernel_size: int
     return maps if batched else maps[0]
 
 
+def _check_coil_first(kspace: torch.Tensor, name: str = "kspace") -> None:
+    """Refuse coil-last ``(H, W, C)`` / ``(B, H, W, C)`` arrays: mrtl puts coils before the image
+    axes, ``(C, H, W)``. An array whose last axis is at most 64 long and at least 4 times shorter
+    than both axes before it is taken as coil-last (an image 4 times narrower than the number of
+    coils does not occur)."""
+    a, b, c = kspace.shape[-3:]
+    if c <= 64 and a >= 4 * c and b >= 4 * c:
+        perm = "permute(2, 0, 1)" if kspace.ndim == 3 else "permute(0, 3, 1, 2)"
+        raise ValueError(
+            f"{name}: shape {tuple(kspace.shape)} looks coil-last ((H, W, C) with {c} coils); expected coils "
+            f"first, (C, H, W) or (B, C, H, W): use kspace.{perm}"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # coil compression
 
 
 def _prep_compress(kspace, n_virtual, method, calib, readout_dim):
     kspace = check_complex(kspace, "kspace", ndim=(3, 4))
+    _check_coil_first(kspace)
     method = check_choice(method, "method", ("gcc", "svd"))
     n_coils = kspace.shape[-3]
     n_virtual = check_int(n_virtual, "n_virtual", low=1, high=n_coils)

@@ -121,6 +121,20 @@ def test_compress_bad_inputs(kspace16):
         compress(kspace16, 4, readout_dim=0)
 
 
+def test_coil_last_arrays_are_refused():
+    """Regression: (H, W, C) k-space was read as H coils of W x C images."""
+    from mrtl.fft import fft2c
+
+    k = fft2c(birdcage_maps(4, (64, 64)))
+    with pytest.raises(ValueError, match=r"kspace: shape \(64, 64, 4\) looks coil-last .*permute\(2, 0, 1\)"):
+        compress(k.permute(1, 2, 0), 2)
+    with pytest.raises(ValueError, match=r"looks coil-last .*permute\(0, 3, 1, 2\)"):
+        compress(k.permute(1, 2, 0)[None], 2)
+    with pytest.raises(ValueError, match="coil-last"):
+        espirit_maps(k.permute(1, 2, 0), calib=16)
+    assert compress(k, 2).shape == (2, 64, 64)  # coils first is fine
+
+
 @pytest.mark.skipif(shutil.which("bart") is None, reason="the `bart` binary is not installed (Debian package bart)")
 def test_gcc_matches_bart(kspace16, tmp_path):
     import subprocess

@@ -6,7 +6,7 @@ import torch
 
 from .._validate import check_complex, check_mask
 
-__all__ = ["prepare_kspace_mask", "ShiftedWavelet", "soft_threshold"]
+__all__ = ["prepare_kspace_mask", "check_centred", "ShiftedWavelet", "soft_threshold"]
 
 
 def prepare_kspace_mask(kspace, mask, coil_dim: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -46,9 +46,74 @@ def prepare_kspace_mask(kspace, mask, coil_dim: bool) -> tuple[torch.Tensor, tor
             raise ValueError("mask: at least one mask in the batch samples nothing (all zero)")
     mask = mask.to(kspace.device)
     mask = mask if mask.ndim == 3 else mask[None]
+    check_centred(kspace, mask, coil_dim)
     if coil_dim:
         mask = mask[:, None]
     return kspace, mask, batched
+
+
+#: :func:`check_centred` calls k-space uncentred when its most energetic measured sample lies more
+#: than an eighth of the size from the centre and exceeds this multiple of the median measured
+#: sample's energy (a DC-like peak; white noise stays below about 15 at these sizes).
+CENTRING_PEAK_RATIO = 100.0
+
+
+def _blocks(H: int, W: int):
+    b = max(2, min(H, W) // 8)
+    cy, cx = H // 2, W // 2
+    centre = (slice(cy - b // 2, cy - b // 2 + b), slice(cx - b // 2, cx - b // 2 + b))
+    ys = torch.cat((torch.arange(0, (b + 1) // 2), torch.arange(H - b // 2, H)))
+    xs = torch.cat((torch.arange(0, (b + 1) // 2), torch.arange(W - b // 2, W)))
+    return centre, ys, xs
+
+
+def check_centred(kspace: torch.Tensor, mask: torch.Tensor, coil_dim: bool) -> None:
+    """Raise ``ValueError`` for an uncentred mask or uncentred k-space (mrtl centres both like ``fft2c``).
+
+    - mask: the fully sampled calibration block of a variable-density mask sits at the centre;
+      a mask fully sampled in the four corners (the ``ifftshift`` of the centre) but not at the
+      centre is uncentred.
+    - k-space: an image's k-space energy peaks at the centre (DC); a sharp peak (above
+      ``CENTRING_PEAK_RATIO`` times the median measured energy) more than an eighth of the size
+      away from the centre means uncentred k-space (e.g. ``torch.fft.fft2`` without ``fftshift``).
+
+    Both checks need an image of at least 16 x 16 pixels (skipped below).
+
+    Args:
+        kspace: ``(B, H, W)`` or ``(B, C, H, W)`` complex.
+        mask: ``(B or 1, H, W)`` boolean.
+        coil_dim: whether ``kspace`` has a coil axis.
+    """
+    H, W = kspace.shape[-2:]
+    if min(H, W) < 16:
+        return
+    centre, ys, xs = _blocks(H, W)
+    mc = mask[(slice(None),) + centre]
+    mcorner = mask[:, ys][:, :, xs]
+    full_c = mc.flatten(1).all(dim=1)
+    full_k = mcorner.flatten(1).all(dim=1)
+    if bool((full_k & ~full_c).any()):
+        raise ValueError(
+            "mask: the fully sampled block is in the corners, not at the centre: the mask looks uncentred "
+            "(mrtl masks and k-space are centred like mrtl.fft.fft2c); use torch.fft.fftshift(mask, dim=(-2, -1))"
+        )
+    e = kspace.abs().square()
+    if coil_dim:
+        e = e.sum(dim=1)
+    e = (e * mask).flatten(1)  # measured samples only
+    n = mask.flatten(1).sum(dim=1).expand(e.shape[0])
+    peak, idx = e.max(dim=1)
+    med = torch.stack([row[row > 0].median() if bool((row > 0).any()) else row.new_zeros(()) for row in e])
+    py, px = idx // W, idx % W
+    far = ((py - H // 2).abs() > H // 8) | ((px - W // 2).abs() > W // 8)
+    bad = (n >= 16) & far & (peak > CENTRING_PEAK_RATIO * med)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise ValueError(
+            f"kspace: image {i}'s k-space energy peaks at ({int(py[i])}, {int(px[i])}), far from the centre "
+            f"({H // 2}, {W // 2}): it looks uncentred (mrtl expects the DC at the centre, as mrtl.fft.fft2c gives); "
+            "use torch.fft.fftshift(kspace, dim=(-2, -1)) or mrtl.fft.fft2c"
+        )
 
 
 def soft_threshold(c: torch.Tensor, thresh: torch.Tensor | float, joint_dim: int | None = None) -> torch.Tensor:
