@@ -128,8 +128,9 @@ def describe_error(exc: BaseException, args: argparse.Namespace | None = None) -
                          f"{_first_line(Exception(getattr(exc, 'evalue', '')))}"), 2
 
     # files that cannot be read
-    if _is_checkpoint_read(exc) and isinstance(exc, (pickle.UnpicklingError, EOFError, RuntimeError, OSError,
-                                                     ValueError, AttributeError, ImportError, KeyError)):
+    if _is_checkpoint_read(exc) and not isinstance(exc, (MemoryError, FileNotFoundError, PermissionError)):
+        # whatever torch.load raises on a damaged file (UnpicklingError, EOFError, RuntimeError
+        # from the zip reader, even IndexError/KeyError from a garbled pickle stream)
         detail = _first_line(exc)
         if not detail or len(detail) > 160 or detail.startswith("Weights only load failed"):
             detail = ""  # torch's long advice about weights_only does not apply: the file is bad

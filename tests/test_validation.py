@@ -144,8 +144,11 @@ def test_cli_corrupt_checkpoint_in_out_says_it_blocks_resume(tmp_path, capsys):
     assert str(out / "checkpoint_pretrain.pt") in err[0] and "resum" in err[0] and "move it away" in err[0]
 
 
-@pytest.mark.parametrize("content, words", [(b"", "EOFError"), (b"PK\x03\x04trunc", "cannot be read as a checkpoint"),
-                                            (b"\x80\x02}q\x00.", "cannot be read as a checkpoint")])
+@pytest.mark.parametrize("content, words", [
+    (b"", "EOFError"), (b"PK\x03\x04trunc", "cannot be read as a checkpoint"),
+    (b"\x80\x02}q\x00.", "cannot be read as a checkpoint"),
+    # a garbled pickle stream on which torch.load raises IndexError
+    (b"\x80\x02" + np.random.default_rng(0).bytes(800)[500:], "cannot be read as a checkpoint")])
 def test_cli_unreadable_checkpoint_is_one_line(tmp_path, capsys, content, words):
     bad = tmp_path / "model.pt"
     bad.write_bytes(content)

@@ -40,8 +40,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
             try:
                 print(compare(csv))
-            except FileNotFoundError as exc:  # no paper table beside a pip install
-                print(f"(no comparison: {exc})")
+            except Exception as exc:  # the run is done and saved; a failed comparison must not hide that
+                print(f"(no comparison with the paper: {' '.join(str(exc).split())[:300]})")
     return 0
 
 
