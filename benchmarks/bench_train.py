@@ -3,6 +3,13 @@
 cached prefixes). Prints a table and the projected time of the paper's full protocol.
 
 Usage: python benchmarks/bench_train.py [--size 256] [--cpu-steps 2] [--cpu-batch 2] [--gpu-batch 50]
+
+``--normalization`` instead measures what ``mrtl.train.reconstruct``'s input scaling costs on
+held-out slices: a small cascade is trained on the bundled T1 training slices (mrtl.data
+normalises each *reference* to a 99th percentile of 1), then the T1 test slices, at an arbitrary
+k-space scale, are reconstructed with (a) the old rule (zero-filled 99th percentile -> 1),
+(b) the default rule (zero-filled 99th percentile -> the training set's median, saved in the
+checkpoint) and (c) the training scale itself (the oracle: reference 99th percentile = 1).
 """
 
 from __future__ import annotations
@@ -113,6 +120,45 @@ def bench(device, H, batch, steps, infer_batches, amp):
     return rows, fl_sub
 
 
+def normalization_study(size=64, accelerations=(4, 8), epochs=3, n_subnets=3, width=16, depth=3):
+    """PSNR on the bundled T1 test slices of three input scalings (see the module docstring)."""
+    from mrtl.data import UndersampledDataset, bundled
+    from mrtl.masks import MaskBank
+    from mrtl.metrics import psnr
+    from mrtl.train import as_train_data, reconstruct, train_sequential
+
+    rows = []
+    for R in accelerations:
+        def ds(split, bank_split):
+            return UndersampledDataset(bundled("t1", split, size=size), MaskBank(R, (size, size), n=100, seed=0, split=bank_split), seed=0)
+
+        t0 = time.perf_counter()
+        model = Cascade(n_subnets, width=width, depth=depth, seed=0)
+        train_sequential(model, ds("train", "train"), ds("val", "test"), epochs_per_subnet=epochs, lr=1e-3, batch_size=8,
+                         device="cpu", progress_bar=False)
+        test = as_train_data(ds("test", "test"))
+        ref = test.reference
+        k_user = test.kspace * 1234.5  # a scanner's arbitrary scale
+        res = {}
+        res["training scale (oracle)"] = reconstruct(model, test.kspace, test.mask, normalize=False)
+        trained_p99 = model.input_p99
+        model.input_p99 = None  # the old rule: zero-filled 99th percentile -> 1
+        res["old: zero-filled p99 -> 1"] = reconstruct(model, k_user, test.mask) / 1234.5
+        model.input_p99 = trained_p99
+        res[f"default: zero-filled p99 -> {trained_p99:.3f}"] = reconstruct(model, k_user, test.mask) / 1234.5
+        base = psnr(res["training scale (oracle)"], ref=ref)
+        for name, out in res.items():
+            p = psnr(out, ref=ref)
+            rows.append((f"R={R}", name, f"{float(p.mean()):.2f} dB", f"{float((p - base).mean()):+.2f} dB"))
+        rows.append((f"R={R}", f"({len(test)} test slices, trained in {time.perf_counter() - t0:.0f} s)", "", ""))
+    print(f"\n## reconstruct() input scaling, bundled T1 {size}x{size}, cascade {n_subnets} x {width} ch x {depth}, "
+          f"{epochs} epochs/stage")
+    print(f"| {'R':<5} | {'scaling':<40} | {'mean PSNR':<10} | {'vs oracle':<10} |")
+    print(f"|{'-' * 7}|{'-' * 42}|{'-' * 12}|{'-' * 12}|")
+    for r in rows:
+        print(f"| {r[0]:<5} | {r[1]:<40} | {r[2]:<10} | {r[3]:<10} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=256)
@@ -121,7 +167,11 @@ def main():
     ap.add_argument("--gpu-steps", type=int, default=10)
     ap.add_argument("--gpu-batch", type=int, default=50)
     ap.add_argument("--no-cpu", action="store_true")
+    ap.add_argument("--normalization", action="store_true", help="measure reconstruct()'s input scaling (see above)")
     args = ap.parse_args()
+    if args.normalization:
+        normalization_study(size=64 if args.size == 256 else args.size)
+        return
     devs = [] if args.no_cpu else [(torch.device("cpu"), args.cpu_batch, args.cpu_steps, (1, 4), False)]
     if torch.cuda.is_available():
         devs.append((torch.device("cuda"), args.gpu_batch, args.gpu_steps, (1, 32, 256), True))

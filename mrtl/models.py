@@ -466,6 +466,10 @@ class Cascade(nn.Module):
                 build()
         self.n_subnets, self.coils = n_subnets, coils
         self.autocast_dtype: Optional[torch.dtype] = None  # set by the trainer for bf16 on CUDA
+        # set by mrtl.train (saved in checkpoints): training image size, and the median 99th
+        # percentile of |x_u| in the training data, the input scale mrtl.train.reconstruct restores
+        self.image_shape: Optional[tuple] = None
+        self.input_p99: Optional[float] = None
 
     # -- configuration -------------------------------------------------------------------------
     def config(self) -> dict:
