@@ -439,6 +439,48 @@ def test_fastmri_folder_and_dataset_with_workers(tmp_path):
     assert float((r2.kspace.abs() ** 2).sum()) <= float((torch.from_numpy(k[0]).abs() ** 2).sum()) * (1 + 1e-5)
 
 
+_FEW_FILES_SCRIPT = """
+import resource, sys
+import numpy as np
+from mrtl.data import FastMRIFolder
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), hard))
+src = FastMRIFolder(sys.argv[1], maps=None)
+for i in range(len(src)):
+    k = src[i].kspace
+    assert float(k[0, 0, 0].real) == i, (i, float(k[0, 0, 0].real))
+for i in range(len(src) - 1, -1, -3):  # again, out of order
+    assert float(src[i].kspace[0, 0, 0].real) == i
+print("open handles", len(src._handles))
+"""
+
+
+def test_fastmri_folder_bounds_open_files_under_a_low_ulimit(tmp_path):
+    """Regression: one handle per file stayed open forever, so a folder with more files than the
+    open-file limit failed (with a misleading message) part way through."""
+    import os
+    import subprocess
+    import sys
+
+    n_files, limit = 120, 80  # the interpreter, torch and h5py use about 20-40 descriptors
+    for f in range(n_files):
+        k = np.zeros((2, 2, 8, 8), np.complex64)
+        k[:, 0, 0, 0] = [2 * f, 2 * f + 1]  # slice s of file f carries the value 2 f + s
+        _h5(tmp_path / f"file_{f:03d}.h5", k)
+    script = tmp_path / "run.py"
+    script.write_text(_FEW_FILES_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))  # this checkout's mrtl
+    r = subprocess.run([sys.executable, str(script), str(tmp_path), str(limit)], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "open handles 16" in r.stdout
+    src = FastMRIFolder(tmp_path, maps=None, max_open=3)
+    for i in range(0, 40, 2):
+        src[i]
+    assert len(src._handles) == 3
+    src.close()
+    assert len(src._handles) == 0 and float(src[5].kspace[0, 0, 0].real) == 5.0
+
+
 def test_corrupt_empty_and_wrong_shaped_files_name_the_file(tmp_path):
     bad = tmp_path / "nii"
     bad.mkdir()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -331,6 +332,10 @@ class CoilRecord(NamedTuple):
     synthetic: bool
 
 
+#: Default bound on the HDF5 files a :class:`FastMRIFolder` keeps open per process.
+MAX_OPEN_FILES = 16
+
+
 class FastMRIFolder(torch.utils.data.Dataset):
     """fastMRI multi-coil HDF5 files: coil k-space, coil images and (lazily cached) coil maps.
 
@@ -343,13 +348,17 @@ class FastMRIFolder(torch.utils.data.Dataset):
         maps: ``"espirit"`` to estimate coil maps (``mrtl.coils.espirit_maps``, or sigpy's
             ``EspiritCalib`` when that is not available), or None.
         cache_dir: folder to cache the maps in (``<file stem>_s<slice>_maps.npy``); None: no cache.
+        max_open: at most this many HDF5 files stay open per process (least recently used are
+            closed first), so a folder of thousands of files works at the usual limit of 1024 open
+            files (``ulimit -n``); reads go slice by slice through a file, so a small number is enough.
 
     fastMRI stores k-space with the DC at the centre; ``ifft2c`` gives the coil images. The HDF5
-    files are opened only inside ``__getitem__`` (one handle per process), never before a
-    ``DataLoader`` forks its workers. Each file is one subject.
+    files are opened only inside ``__getitem__`` (handles per process), never before a
+    ``DataLoader`` forks its workers. Each file is one subject. :meth:`close` closes them.
     """
 
-    def __init__(self, root, n_virtual: int | None = None, compress_method: str = "gcc", maps: str | None = "espirit", cache_dir=None):
+    def __init__(self, root, n_virtual: int | None = None, compress_method: str = "gcc", maps: str | None = "espirit", cache_dir=None,
+                 max_open: int = MAX_OPEN_FILES):
         import h5py
 
         self.root = Path(os.path.expanduser(str(root)))
@@ -388,24 +397,57 @@ class FastMRIFolder(torch.utils.data.Dataset):
         self.subjects = [f.stem for f in self.files]
         self.item_subjects = [self.files[fi].stem for fi, _ in self._slices]  # without reading k-space
         self.domain = "fastmri"
-        self._handles: dict = {}
+        self.max_open = check_int(max_open, "max_open", low=1)
+        self._handles: "OrderedDict[int, object]" = OrderedDict()
         self._pid = None
 
     def __len__(self) -> int:
         return len(self._slices)
 
+    def close(self) -> None:
+        """Close every HDF5 file this process opened (they are reopened on the next read)."""
+        for h in self._handles.values():
+            try:
+                h.close()
+            except Exception:  # pragma: no cover - closing a broken handle
+                pass
+        self._handles.clear()
+
+    def __del__(self):
+        try:
+            if self._pid == os.getpid():
+                self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
     def _file(self, fi: int):
+        """The open HDF5 file ``fi``: at most ``max_open`` stay open (least recently used closed first)."""
         import h5py
 
         if self._pid != os.getpid():  # never reuse handles across a fork
-            self._handles, self._pid = {}, os.getpid()
-        if fi not in self._handles:
-            self._handles[fi] = h5py.File(self.files[fi], "r")
-        return self._handles[fi]
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if fi in self._handles:
+            self._handles.move_to_end(fi)
+            return self._handles[fi]
+        while len(self._handles) >= self.max_open:
+            _, old = self._handles.popitem(last=False)
+            old.close()
+        f = self.files[fi]
+        try:
+            h = h5py.File(f, "r")
+        except OSError as e:
+            if getattr(e, "errno", None) == 24 or "Too many open files" in str(e):
+                raise OSError(
+                    e.errno, f"{f}: cannot open: too many open files (the limit of this process, ulimit -n, is reached; "
+                    f"this data set keeps at most max_open={self.max_open} files open: lower it or raise the limit)"
+                ) from e
+            raise ValueError(f"{f}: cannot open this HDF5 file ({e})") from e
+        self._handles[fi] = h
+        return h
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_handles"], d["_pid"] = {}, None
+        d["_handles"], d["_pid"] = OrderedDict(), None
         return d
 
     def _compress(self, k: torch.Tensor) -> torch.Tensor:
