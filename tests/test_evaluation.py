@@ -237,6 +237,10 @@ def test_manifest_dirty_flag_ignores_outputs_under_results(monkeypatch):
     monkeypatch.setattr(runner, "_git", fake_git("?? results/x.csv\n M mrtl/train.py\n?? notes.txt"))
     m = runner.collect_manifest("transfer", "tiny", {"seed": 0}, 1.0, "finished", "r")
     assert m["git_dirty"] is True and m["git_dirty_files"] == ["mrtl/train.py", "notes.txt"]
+    # the git helper strips its output, so the first line may have lost its leading space
+    monkeypatch.setattr(runner, "_git", fake_git("M README.md\n M mrtl/models.py"))
+    m = runner.collect_manifest("transfer", "tiny", {"seed": 0}, 1.0, "finished", "r")
+    assert m["git_dirty_files"] == ["README.md", "mrtl/models.py"]
 
 
 # ----------------------------------------------------------- numbers generated from results

@@ -110,8 +110,10 @@ def collect_manifest(study: str, scale: str, parameters: dict, wall_time_s: floa
     seeds = {k: v for k, v in parameters.items() if "seed" in k}
     # changes under results/ are outputs (earlier runs, this one), not code: they do not make
     # the tree dirty; anything else (tracked or untracked) does and is listed
-    dirty_files = None if status_porcelain is None else [
-        ln[3:] for ln in status_porcelain.splitlines() if ln[3:] and not ln[3:].strip('"').startswith("results/")]
+    # (porcelain lines are "XY path"; split, not slice: _git strips the first line's leading space)
+    paths = [] if status_porcelain is None else [ln.split(maxsplit=1)[1] for ln in status_porcelain.splitlines()
+                                                 if len(ln.split(maxsplit=1)) == 2]
+    dirty_files = None if status_porcelain is None else [p for p in paths if not p.strip('"').startswith("results/")]
     return {
         "study": study,
         "scale": scale,
