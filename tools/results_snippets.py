@@ -45,8 +45,8 @@ def _load(results: Path, study: str) -> dict:
     return out
 
 
-def _pm(m: float, s: float) -> str:
-    return f"{m:.2f}" if s != s else f"{m:.2f} ± {s:.2f}"
+def _pm(m: float, s: float | None = None) -> str:
+    return f"{m:.2f}" if s is None or s != s else f"{m:.2f} ± {s:.2f}"
 
 
 def _cell(t: pd.DataFrame, R: int, method: str, stage: str) -> str:
@@ -54,7 +54,7 @@ def _cell(t: pd.DataFrame, R: int, method: str, stage: str) -> str:
     if r.empty:
         return "-"
     r = r.sort_values(["n_train", "n_tune"]).iloc[-1]
-    return _pm(float(r["psnr_mean"]), float(r.get("psnr_sd_seeds", float("nan"))))
+    return _pm(float(r["psnr_mean"]), float(r["psnr_sd_seeds"]) if "psnr_sd_seeds" in r else None)
 
 
 def _ci(c) -> str:
@@ -67,6 +67,8 @@ def _paper(c) -> str:
 
 
 def _claims_md(claims: pd.DataFrame, ids: list[str] | None = None) -> list[str]:
+    if claims is None or len(claims) == 0:
+        return ["(no claims recorded in these results: rerun the study)"]
     lines = ["| claim | R | ours: mean [95% interval] | per seed | paper (same R) | verdict |",
              "|---|---|---|---|---|---|"]
     rows = claims if ids is None else claims[claims["id"].isin(ids)]
@@ -76,12 +78,58 @@ def _claims_md(claims: pd.DataFrame, ids: list[str] | None = None) -> list[str]:
     return lines
 
 
+def _sweep_md(t: pd.DataFrame) -> list[str]:
+    dom = t["test_domain"].iloc[0]
+    cols = []  # (header, method, n_train)
+    for nt in sorted(set(t.loc[t["method"] == "Natural-trained", "n_train"])):
+        cols.append((f"natural, Ntrain {nt}", "Natural-trained", nt))
+    cols.append(("from scratch", "Scratch", None))
+    ref = t[t["method"] == f"{dom}-trained"]
+    L = []
+    for R in sorted(set(t["R"])):
+        L.append("| R | Ntune | " + " | ".join(c[0] for c in cols) + " |")
+        L.append("|---" * (len(cols) + 2) + "|")
+        g = t[t["R"] == R]
+        for n in sorted(set(g["n_tune"])):
+            cells = []
+            for _, m, nt in cols:
+                r = g[(g["method"] == m) & (g["n_tune"] == n) & ((g["n_train"] == nt) if nt is not None else True)]
+                cells.append(_pm(float(r["psnr_mean"].iloc[0]),
+                                 float(r["psnr_sd_seeds"].iloc[0]) if "psnr_sd_seeds" in r else None) if len(r) else "-")
+            L.append(f"| {R} | {n} | " + " | ".join(cells) + " |")
+        rr = ref[ref["R"] == R].sort_values(["n_train", "n_tune"])
+        if len(rr):
+            r = rr.iloc[-1]
+            L += ["", f"In-domain reference ({dom}-trained on {int(r['n_train'])} slices, fine-tuned on {int(r['n_tune'])}): "
+                  f"{_pm(float(r['psnr_mean']), float(r['psnr_sd_seeds']) if 'psnr_sd_seeds' in r else None)} dB."]
+    return L
+
+
+def _multicoil_md(t: pd.DataFrame) -> list[str]:
+    L = ["| R | zero-filled | L1-SPIRiT | natural raw | natural tuned (Ntune) | from scratch (Ntune) | in-domain (T1-trained) |",
+         "|---|---|---|---|---|---|---|"]
+    for R in sorted(set(t["R"])):
+        g = t[t["R"] == R]
+
+        def by_n(method, stage):
+            r = g[(g["method"] == method) & (g["stage"] == stage)].sort_values("n_tune")
+            return ", ".join(f"{_pm(float(x['psnr_mean']), float(x['psnr_sd_seeds']) if 'psnr_sd_seeds' in x else None)} ({int(x['n_tune'])})"
+                             for _, x in r.iterrows()) or "-"
+
+        L.append(f"| {R} | {_cell(t, R, 'Zero-filled', '-')} | {_cell(t, R, 'SPIRiT', '-')} | "
+                 f"{_cell(t, R, 'Natural-trained', 'raw')} | {by_n('Natural-trained', 'tuned')} | {by_n('Scratch', '-')} | "
+                 f"{_cell(t, R, 'T1-trained', '-')} |")
+    return L
+
+
 def _minutes(m: dict) -> str:
     w = m.get("wall_time_s")
     return "?" if w is None else f"{w / 60:.0f} min"
 
 
 def _stops(training: pd.DataFrame, kinds=("finetune", "scratch")) -> list[str]:
+    if training is None or len(training) == 0:
+        return ["(no training record in these results: rerun the study)"]
     t = training[training["kind"].isin(kinds) & training["chosen"].astype(bool)]
     lines = ["| network | R | learning rate (per seed) | kept / stopped epoch (per seed) | budget |", "|---|---|---|---|---|"]
     for (net, R), g in t.groupby(["network", "R"], sort=False):
@@ -95,6 +143,8 @@ def _stops(training: pd.DataFrame, kinds=("finetune", "scratch")) -> list[str]:
 
 
 def _cs_choices(sel: pd.DataFrame, what: str) -> str:
+    if sel is None or len(sel) == 0:
+        return "not recorded"
     s = sel[sel["what"] == what]
     parts = []
     for R, g in s.groupby("R"):
@@ -105,6 +155,8 @@ def _cs_choices(sel: pd.DataFrame, what: str) -> str:
 
 
 def _lr_choices(sel: pd.DataFrame) -> str:
+    if sel is None or len(sel) == 0:
+        return "not recorded"
     s = sel[sel["what"].str.startswith("lr ")]
     parts = []
     for what, g in s.groupby("what", sort=False):
@@ -146,11 +198,18 @@ def readme_section(results: Path = SMALL) -> str:
           "from its table at the same R.", ""]
     L += _claims_md(tr["claims"])
     if len(sw["claims"]):
-        L += ["", "Ntune sweep (R = 4): pretrained on natural images and fine-tuned, minus trained from scratch on the same slices:", ""]
+        L += ["", "Ntune sweep, PSNR in dB (mean ± sd over seeds) against the number of fine-tuning slices:", ""]
+        L += _sweep_md(sw["table"])
+        L += ["", "Pretrained on natural images and fine-tuned, minus trained from scratch on the same slices:", ""]
         L += _claims_md(sw["claims"])
     if len(mc["claims"]):
-        L += ["", "Multi-coil (simulated coils, R = 4): the fine-tuned natural-image network beside L1-SPIRiT, "
-              "the in-domain network and the from-scratch baseline:", ""]
+        mcfg = mc["json"].get("config", {})
+        L += ["", f"Multi-coil ({mcfg.get('coils')} simulated coils, {mcfg.get('n_subnets')} x {mcfg.get('width')}-channel "
+              f"cascades, at most {mcfg.get('ft_epochs')} epochs end to end with patience {mcfg.get('patience')}), PSNR in dB "
+              "(mean ± sd over seeds): the fine-tuned natural-image network beside L1-SPIRiT, the in-domain network "
+              "and the from-scratch baseline:", ""]
+        L += _multicoil_md(mc["table"])
+        L += [""]
         L += _claims_md(mc["claims"])
     L += ["", f"Chosen on validation (seeds in order): CS {_cs_choices(tr['selections'], 'CS')}; learning rates "
           f"{_lr_choices(tr['selections'])}. Fine-tuned and from-scratch networks, kept / stopped epoch:", ""]
