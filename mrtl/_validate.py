@@ -24,6 +24,7 @@ __all__ = [
     "check_acceleration",
     "check_mask",
     "check_choice",
+    "check_bool",
 ]
 
 
@@ -195,3 +196,14 @@ def check_choice(x, name: str, choices: Iterable) -> object:
     if isinstance(x, (torch.Tensor, np.ndarray)) or not any(same(x, c) for c in choices):
         raise ValueError(f"{name}: expected one of {choices}, got {x!r}")
     return x
+
+
+def check_bool(x, name: str) -> bool:
+    """Validate a flag: ``True`` or ``False`` only (not ``"maybe"``, ``"no"``, 0 or 1).
+
+    Config files are where this matters: YAML reads ``resume: maybe`` as the string ``"maybe"``,
+    which is truthy, so an unchecked ``if resume:`` would silently resume.
+    """
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected true or false, got {_describe(x)}")
+    return bool(x)

@@ -42,6 +42,12 @@ def _met():
     return metrics
 
 
+def _val():
+    from mrtl import _validate
+
+    return _validate
+
+
 CASES = [
     # fft
     ("fft-rank", lambda: fft.fft2c(torch.ones(5, dtype=torch.complex64)), ValueError, r"^x: expected at least 2 dimensions.*got shape \(5,\)"),
@@ -65,6 +71,8 @@ CASES = [
     ("bank-n", lambda: masks.MaskBank(4, (32, 32), n=0), ValueError, r"^n: expected an integer in \[1, inf\], got 0"),
     ("mask-all-zero", lambda: masks.achieved_acceleration(torch.zeros(8, 8, dtype=torch.bool)), ValueError, r"^mask: the mask samples nothing"),
     ("mask-values", lambda: masks.achieved_acceleration(torch.full((8, 8), 0.5)), ValueError, r"^mask: expected a boolean or 0/1 mask"),
+    ("flag-string", lambda: _val().check_bool("maybe", "train.resume"), TypeError, r"^train.resume: expected true or false, got str 'maybe'"),
+    ("flag-int", lambda: _val().check_bool(1, "resume"), TypeError, r"^resume: expected true or false, got int 1"),
     # linops
     ("op-mask-all-zero", lambda: linops.SingleCoilFourier(torch.zeros(8, 8, dtype=torch.bool)), ValueError, r"^mask: the mask samples nothing"),
     ("op-mask-rank", lambda: linops.SingleCoilFourier(torch.ones(8, dtype=torch.bool)), ValueError, r"^mask: expected at least 2 dimensions"),
