@@ -68,6 +68,8 @@ __all__ = [
     "FINETUNE_KEYS",
     "TrainingDiverged",
     "DIVERGENCE_DB",
+    "ARCH_LIMITS",
+    "MAX_RECON_PIXELS",
 ]
 
 CKPT_FORMAT = "mrtl-cascade-1"
@@ -79,6 +81,17 @@ CKPT_FORMAT = "mrtl-cascade-1"
 #: it (lr 1e3 on the tiny test data gives -188 dB), and the selected best epoch could otherwise be
 #: such an image.
 DIVERGENCE_DB = 30.0
+
+
+#: Bounds on the architecture a checkpoint may claim (checked before anything is built, so a
+#: corrupt or hostile file fails at once instead of allocating GBs for 10**7 subnetworks); far
+#: above the paper's 5 x 64 channels x 4 layers.
+ARCH_LIMITS = {"n_subnets": 100, "width": 1024, "depth": 100}
+
+#: Largest image (pixels per slice) :func:`reconstruct` accepts by default: 2048 x 2048. A pass
+#: of the paper's 64-channel cascade holds a few float32 activations of ``H x W x 64`` per image
+#: (about 3 GB at 4096 x 4096); pass ``max_pixels=None`` to go beyond.
+MAX_RECON_PIXELS = 2048 * 2048
 
 
 class TrainingDiverged(RuntimeError):
@@ -384,8 +397,31 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or "arch" not in ckpt:
         raise ValueError(f"checkpoint: {str(path)!r} is not an mrtl cascade checkpoint (format {CKPT_FORMAT!r})")
+    _check_arch_bounds(ckpt, path)
     _check_finite_weights(ckpt, path)
     return ckpt
+
+
+def _check_arch_bounds(ckpt: dict, path=None):
+    """Refuse architecture metadata outside :data:`ARCH_LIMITS` or with unknown keys, before any
+    model is built."""
+    import inspect
+
+    where = "the checkpoint" if path is None else repr(str(path))
+    arch = ckpt.get("arch")
+    if not isinstance(arch, Mapping):
+        raise ValueError(f"checkpoint: {where} has no architecture ('arch'); it is not an mrtl cascade checkpoint")
+    valid = set(inspect.signature(Cascade).parameters) - {"seed"}
+    unknown = sorted(set(arch) - valid)
+    if unknown:
+        raise ValueError(f"checkpoint: {where} has unknown architecture keys {unknown}; valid keys: {sorted(valid)}")
+    for key, high in ARCH_LIMITS.items():
+        v = arch.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not (0 <= v <= high):
+            raise ValueError(f"checkpoint: {where} claims {key}={v!r}, outside the supported range [0, {high}] "
+                             f"(mrtl.train.ARCH_LIMITS); the file is corrupt or not written by mrtl")
 
 
 def _check_finite_weights(ckpt: dict, path=None):
@@ -408,6 +444,7 @@ def load_model(path, map_location="cpu") -> Cascade:
 
 def model_from_checkpoint(ckpt: dict) -> Cascade:
     """Rebuild a :class:`~mrtl.models.Cascade` from a checkpoint already read by :func:`load_checkpoint`."""
+    _check_arch_bounds(ckpt)
     _check_finite_weights(ckpt)
     model = Cascade(**ckpt["arch"])
     model.load_state_dict(ckpt["model"])
@@ -1111,7 +1148,7 @@ def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progres
 
 
 def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size: int = 32, device=None,
-                normalize: bool = True) -> torch.Tensor:
+                normalize: bool = True, max_pixels: Optional[int] = MAX_RECON_PIXELS) -> torch.Tensor:
     """Reconstruct undersampled k-space with a trained cascade.
 
     Args:
@@ -1132,6 +1169,8 @@ def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size:
             to 1 instead fed the network 0.8 dB hotter inputs than in training and cost about
             0.5 dB (``python benchmarks/bench_train.py --normalization``). False: use the
             k-space as given (already at the training scale).
+        max_pixels: refuse slices with more pixels than this (default :data:`MAX_RECON_PIXELS`,
+            2048 x 2048) with an error that estimates the memory needed; None: no limit.
 
     Returns:
         Complex image(s) ``(B, H, W)`` (``(H, W)`` for unbatched input), on the CPU.
@@ -1150,6 +1189,13 @@ def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size:
     if isinstance(G_img, torch.Tensor):
         G_img = G_img.detach().cpu()
     unbatched = kspace.ndim == (3 if multi else 2)
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    H, W = kspace.shape[-2:]
+    if max_pixels is not None and H * W > max_pixels:
+        gb = 3 * H * W * model.arch["width"] * 4 / 2**30  # a few float32 activations of width channels
+        raise ValueError(f"kspace: slices of {H}x{W} exceed the limit of {max_pixels} pixels (mrtl.train.MAX_RECON_PIXELS); "
+                         f"one pass of this cascade needs about {gb:.1f} GB per slice. Crop or resample the data, or pass "
+                         f"max_pixels=None to reconstruct anyway")
     if unbatched:
         kspace = kspace[None]
     mask = check_mask(mask, "mask", shape=tuple(kspace.shape))

@@ -532,3 +532,35 @@ def test_reconstruct_restores_the_training_input_scale(tmp_path):
     s = torch.tensor([np.percentile(np.abs(x), 99) / m2.input_p99 for x in ifft2c(k).numpy()], dtype=torch.float32)
     by_hand = reconstruct(m2, k / s[:, None, None], d.mask, normalize=False) * s[:, None, None]
     assert torch.allclose(out, by_hand, atol=1e-4 * float(out.abs().max()))
+
+
+def test_checkpoint_architecture_is_bounded_before_building(tmp_path):
+    """A checkpoint claiming 10**7 subnetworks (or 10**5 channels) burnt minutes and GBs (or died
+    in the allocator) before failing; now the metadata is checked first."""
+    from mrtl.train import save_model
+
+    save_model(Cascade(1, width=4, depth=1, seed=0), tmp_path / "ok.pt")
+    ck = torch.load(tmp_path / "ok.pt", weights_only=True)
+    for key, value in (("width", 10**5), ("n_subnets", 10**7), ("depth", -3), ("width", "64")):
+        bad = dict(ck, arch=dict(ck["arch"], **{key: value}))
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=rf"bad\.pt.*claims {key}=.*outside the supported range"):
+            load_model(tmp_path / "bad.pt")
+    torch.save(dict(ck, arch=dict(ck["arch"], layers=3)), tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"unknown architecture keys \['layers'\]"):
+        load_model(tmp_path / "bad.pt")
+    assert load_model(tmp_path / "ok.pt").n_subnets == 1
+
+
+def test_reconstruct_refuses_huge_slices_with_a_clear_error():
+    from mrtl.train import MAX_RECON_PIXELS
+
+    m = Cascade(1, width=4, depth=1, seed=0)
+    side = int(MAX_RECON_PIXELS**0.5)
+    k = torch.zeros(side + 1, side, dtype=torch.complex64)
+    with pytest.raises(ValueError, match=rf"kspace: slices of {side + 1}x{side} exceed .* GB per slice.*max_pixels=None"):
+        reconstruct(m, k, torch.ones(side + 1, side, dtype=torch.bool))
+    d = _tiny(1, seed=0)
+    with pytest.raises(ValueError, match="16x16 exceed the limit of 100 pixels"):
+        reconstruct(m, d.kspace, d.mask, max_pixels=100)
+    assert reconstruct(m, d.kspace, d.mask, max_pixels=None).shape == d.kspace.shape
