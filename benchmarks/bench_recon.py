@@ -8,6 +8,11 @@ NLCG, sigpy ``L1WaveletRecon`` (looped per slice), ``bart pics -l1`` when instal
 Then L1-SPIRiT on 8 coils at 256 x 256: time per iteration next to its FFTs alone.
 
 Run: ``python benchmarks/bench_recon.py [--n 16] [--size 256] [--device cpu]``.
+
+Thread scaling (``--threads``): CS (FISTA) and L1-SPIRiT at 1 and 2 torch CPU threads and at
+torch's default, best of 3 runs each. This chose ``mrtl.recon``'s default of one thread
+(``DEFAULT_RECON_THREADS``; override with ``threads=`` or ``MRTL_RECON_THREADS``). The load
+average is printed with the table: on a shared machine more threads can be much slower.
 """
 
 from __future__ import annotations
@@ -71,13 +76,62 @@ def bart_pics(y, mask, lamdas, n_iter):
     return np.stack(out)
 
 
+def thread_scaling(repeats: int = 3) -> None:
+    """Print seconds per call of CS and L1-SPIRiT at 1, 2 and torch's default thread count."""
+    import os
+    import warnings
+
+    from mrtl.masks import poisson_disc
+
+    default = torch.get_num_threads()
+    counts = list(dict.fromkeys([1, 2, default]))
+
+    def cs_case(n, N, it):
+        ref = load(n, N)
+        m = poisson_disc((N, N), 4, calib=max(8, N // 8), seed=0)
+        y = fft2c(ref) * m
+        return lambda t: cs_l1_wavelet(y, m, lam=1e-3, n_iter=it, threads=t)
+
+    def spirit_case(N, it):
+        ref = load(1, N)[0]
+        maps = birdcage_maps(8, (N, N))
+        m = poisson_disc((N, N), 4, calib=24, seed=0)
+        y = fft2c(maps * ref) * m
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            K = spirit_calibrate(y, kernel_size=5)
+        return lambda t: l1_spirit_pocs(y, m, K, n_iter=it, maps=maps, threads=t)
+
+    cases = [("CS FISTA, 16 x 64x64, 40 it", cs_case(16, 64, 40)),
+             ("CS FISTA, 4 x 256x256, 20 it", cs_case(4, 256, 20)),
+             ("L1-SPIRiT, 8 coils 128x128, 10 it", spirit_case(128, 10))]
+    print(f"# thread scaling: os.cpu_count() {os.cpu_count()}, torch default threads {default}, "
+          f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}; seconds per call, best of {repeats}")
+    print(f"{'case':36s} " + " ".join(f"{f'{t} thr' + (' (default)' if t == default else ''):>18s}" for t in counts))
+    for name, fn in cases:
+        row = []
+        for t in counts:
+            fn(t)  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn(t)
+                best = min(best, time.perf_counter() - t0)
+            row.append(best)
+        print(f"{name:36s} " + " ".join(f"{v:18.2f}" for v in row))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--iters", type=int, default=80)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", action="store_true", help="only the thread-scaling table")
     args = ap.parse_args(argv)
+    if args.threads:
+        thread_scaling()
+        return
     import sigpy.mri as mr
     import sigpy.mri.app as app
 

@@ -199,6 +199,52 @@ def test_uncentred_mask_or_kspace_is_refused(t1_problem, multicoil):
         cs_l1_wavelet(noise * m, m, n_iter=1)
 
 
+def test_reconstruction_threads_default_override_and_restore(t1_problem, monkeypatch):
+    import mrtl.recon.cs as cs_mod
+    import mrtl.recon.spirit as sp_mod
+
+    ref, y, mask = t1_problem
+    seen = []
+    for mod, name in ((cs_mod, "_fista"), (sp_mod, "spirit_apply")):
+        orig = getattr(mod, name)
+
+        def spy(*a, _orig=orig, **k):
+            seen.append(torch.get_num_threads())
+            return _orig(*a, **k)
+
+        monkeypatch.setattr(mod, name, spy)
+    before = torch.get_num_threads()
+    monkeypatch.delenv("MRTL_RECON_THREADS", raising=False)
+    a = cs_l1_wavelet(y[:1], mask, lam=1e-3, n_iter=3).image
+    assert seen[-1] == 1 and torch.get_num_threads() == before  # the default, restored afterwards
+    b = cs_l1_wavelet(y[:1], mask, lam=1e-3, n_iter=3, threads=2).image
+    assert seen[-1] == 2 and torch.get_num_threads() == before
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    monkeypatch.setenv("MRTL_RECON_THREADS", "3")
+    cs_l1_wavelet(y[:1], mask, lam=1e-3, n_iter=1)
+    assert seen[-1] == 3
+    monkeypatch.setenv("MRTL_RECON_THREADS", "torch")
+    torch.set_num_threads(2)
+    try:
+        cs_l1_wavelet(y[:1], mask, lam=1e-3, n_iter=1)
+        assert seen[-1] == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv("MRTL_RECON_THREADS", "many")
+    with pytest.raises(ValueError, match="MRTL_RECON_THREADS: expected a positive integer"):
+        cs_l1_wavelet(y[:1], mask, lam=1e-3, n_iter=1)
+    monkeypatch.delenv("MRTL_RECON_THREADS")
+    with pytest.raises(ValueError, match="threads"):
+        cs_l1_wavelet(y[:1], mask, lam=1e-3, n_iter=1, threads=0)
+    maps = birdcage_maps(4, (32, 32))
+    kk = fft2c(maps * ref[0, 48:80, 48:80])
+    m32 = torch.zeros(32, 32, dtype=torch.bool)
+    m32[8:24, 8:24] = True
+    m32[::2] = True
+    l1_spirit_pocs(kk * m32, m32, maps=maps, n_iter=2, threads=2)
+    assert seen[-1] == 2 and torch.get_num_threads() == before
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
 def test_cs_cuda_matches_cpu(t1_problem):
     ref, y, mask = t1_problem

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 import torch
 
 from .._validate import check_complex, check_mask
 
-__all__ = ["prepare_kspace_mask", "check_centred", "ShiftedWavelet", "soft_threshold"]
+__all__ = ["prepare_kspace_mask", "check_centred", "ShiftedWavelet", "soft_threshold", "recon_threads", "resolve_threads",
+           "DEFAULT_RECON_THREADS", "RECON_THREADS_ENV"]
 
 
 def prepare_kspace_mask(kspace, mask, coil_dim: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -176,3 +180,61 @@ def finite_or_raise(x: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
         raise FloatingPointError(f"{what}: the iteration diverged (NaN/Inf); please report this with the inputs")
 
+
+
+#: CPU threads of :func:`mrtl.recon.cs_l1_wavelet` and :func:`mrtl.recon.l1_spirit_pocs` when
+#: their ``threads`` argument is None and ``MRTL_RECON_THREADS`` is unset. One thread: the
+#: iterations are chains of small FFTs, wavelet filters and element-wise steps that gain little from
+#: intra-op threads and lose badly when the cores are shared: on a 2-core machine under load,
+#: torch's default (2 threads) was 4-30x slower than one thread (``benchmarks/bench_recon.py
+#: --threads``). Batch more images per call, or run one process per core, to use more cores.
+DEFAULT_RECON_THREADS = 1
+#: Environment variable overriding :data:`DEFAULT_RECON_THREADS`: an integer, or ``"torch"`` to
+#: keep torch's current setting (``torch.get_num_threads()``).
+RECON_THREADS_ENV = "MRTL_RECON_THREADS"
+
+
+def resolve_threads(threads) -> int | None:
+    """The CPU thread count a reconstruction uses: ``threads`` if given, else ``MRTL_RECON_THREADS``,
+    else :data:`DEFAULT_RECON_THREADS`; None means torch's current setting (unchanged).
+
+    Args:
+        threads: None, a positive integer, or ``"torch"``.
+    """
+    from .._validate import check_int
+
+    name = "threads"
+    if threads is None:
+        env = os.environ.get(RECON_THREADS_ENV, "").strip()
+        if not env:
+            return DEFAULT_RECON_THREADS
+        threads, name = env, RECON_THREADS_ENV
+        if env.lower() != "torch":
+            try:
+                threads = int(env)
+            except ValueError:
+                raise ValueError(f"{RECON_THREADS_ENV}: expected a positive integer or 'torch', got {env!r}") from None
+    if isinstance(threads, str):
+        if threads.lower() == "torch":
+            return None
+        raise ValueError(f"{name}: expected a positive integer, None or 'torch', got {threads!r}")
+    return check_int(threads, name, low=1)
+
+
+@contextmanager
+def recon_threads(threads):
+    """Run the body with torch's intra-op CPU threads set by :func:`resolve_threads`, then restore them.
+
+    Args:
+        threads: None (the default policy), a positive integer, or ``"torch"`` (leave unchanged).
+    """
+    n = resolve_threads(threads)
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield old if n is None else n
+        return
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(old)

@@ -44,7 +44,7 @@ import torch
 from .._validate import check_choice, check_float, check_int
 from ..fft import fft2c, ifft2c
 from ..utils import progress as _progress
-from ._common import ShiftedWavelet, check_level, finite_or_raise, prepare_kspace_mask, soft_threshold
+from ._common import ShiftedWavelet, check_level, finite_or_raise, prepare_kspace_mask, recon_threads, soft_threshold
 
 __all__ = ["CSResult", "cs_l1_wavelet", "objective_l1_wavelet"]
 
@@ -112,6 +112,7 @@ def cs_l1_wavelet(
     smoothing: float = 1e-15,
     seed: int = 0,
     progress: bool = False,
+    threads=None,
 ) -> CSResult:
     """L1-wavelet compressed-sensing reconstruction of single-coil data (Eq. 2).
 
@@ -136,6 +137,9 @@ def cs_l1_wavelet(
             ``l1Smooth``); used by NLCG only.
         seed: seed of the random shifts.
         progress: show a progress bar (hidden when ``MRTL_QUIET=1``).
+        threads: CPU threads for the iterations (restored afterwards): None follows
+            ``MRTL_RECON_THREADS`` or :data:`mrtl.recon._common.DEFAULT_RECON_THREADS` (1; see
+            ``benchmarks/bench_recon.py --threads``), an integer sets it, ``"torch"`` keeps torch's.
 
     Returns:
         :class:`CSResult` ``(image, history)``; ``image`` has the input's batch layout and
@@ -166,10 +170,11 @@ def cs_l1_wavelet(
     lam_b = lam * scale
     tv_b = tv * scale if tv > 0 else None
     wav = ShiftedWavelet(y.shape[-2:], wavelet, level, y.device, seed)
-    if method == "nlcg":
-        x, hist = _nlcg(x0, y, m, lam_b, tv_b, wav, n_iter, smoothing, random_shift, progress)
-    else:
-        x, hist = _fista(x0, y, m, lam_b, wav, n_iter, random_shift, progress)
+    with recon_threads(threads):
+        if method == "nlcg":
+            x, hist = _nlcg(x0, y, m, lam_b, tv_b, wav, n_iter, smoothing, random_shift, progress)
+        else:
+            x, hist = _fista(x0, y, m, lam_b, wav, n_iter, random_shift, progress)
     finite_or_raise(x, "cs_l1_wavelet")
     if not batched:
         x = x[0]

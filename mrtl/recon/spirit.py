@@ -23,7 +23,7 @@ import torch
 from .._validate import check_complex, check_float, check_int
 from ..fft import fft2c, ifft2c
 from ..utils import progress as _progress
-from ._common import ShiftedWavelet, check_level, finite_or_raise, prepare_kspace_mask
+from ._common import ShiftedWavelet, check_level, finite_or_raise, prepare_kspace_mask, recon_threads
 
 __all__ = [
     "SpiritKernel",
@@ -430,6 +430,7 @@ def l1_spirit_pocs(
     level: int | None = None,
     progress: bool = False,
     stabilize: bool = True,
+    threads=None,
 ) -> SpiritResult:
     """L1-SPIRiT by projection onto convex sets (Eq. 3), as Lustig's ``pocsSPIRiT``.
 
@@ -465,6 +466,9 @@ def l1_spirit_pocs(
             a 16 x 16 calibration square: 9 x 9 kernel 23-25 dB after 30 iterations and below
             0 dB after 100 without, 27-30 dB with). False uses the exact operator and warns
             when it amplifies.
+        threads: CPU threads for the iteration (restored afterwards): None follows
+            ``MRTL_RECON_THREADS`` or :data:`mrtl.recon._common.DEFAULT_RECON_THREADS` (1; see
+            ``benchmarks/bench_recon.py --threads``), an integer sets it, ``"torch"`` keeps torch's.
 
     Returns:
         :class:`SpiritResult`.
@@ -474,6 +478,11 @@ def l1_spirit_pocs(
             ``DIVERGENCE_ENERGY_FACTOR`` times the zero-filled data's: the iteration diverged and
             no image is returned.
     """
+    with recon_threads(threads):
+        return _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, level, progress, stabilize)
+
+
+def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, level, progress, stabilize) -> SpiritResult:
     y, m, batched = prepare_kspace_mask(kspace, mask, coil_dim=True)
     lam = check_float(lam, "lam", low=0.0)
     B, C, H, W = y.shape
