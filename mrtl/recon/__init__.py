@@ -11,7 +11,7 @@
 All functions are batched torch code that runs unchanged on CPU and CUDA.
 """
 
-from .cs import CSResult, cs_l1_wavelet
+from .cs import DEFAULT_CS_ITERATIONS, CSResult, cs_l1_wavelet, default_cs_lambda
 from .select import DEFAULT_GRIDS, select_parameters
 from .spirit import (
     SpiritKernel,
@@ -26,6 +26,8 @@ from .spirit import (
 __all__ = [
     "CSResult",
     "cs_l1_wavelet",
+    "default_cs_lambda",
+    "DEFAULT_CS_ITERATIONS",
     "SpiritKernel",
     "SpiritResult",
     "spirit_calibrate",
