@@ -199,6 +199,18 @@ def test_uncentred_mask_or_kspace_is_refused(t1_problem, multicoil):
         cs_l1_wavelet(noise * m, m, n_iter=1)
 
 
+def test_l1_spirit_refuses_unconfirmed_unbatched_coils(t1_problem, multicoil):
+    """Regression: a (B, H, W) batch of single-coil k-space was read as B coils of one image."""
+    ref, y, mask = t1_problem
+    with pytest.raises(ValueError, match=r"kspace: an unbatched \(2, 128, 128\) .* 2 coils .*\(B, C, H, W\).*cs_l1_wavelet"):
+        l1_spirit_pocs(y, mask, n_iter=2)
+    img, maps, k = multicoil
+    mask24 = _poisson((N, N), 4, calib=24)
+    a = l1_spirit_pocs((k * mask24)[None], mask24, n_iter=2).image  # explicit (1, C, H, W) works
+    b = l1_spirit_pocs(k * mask24, mask24, n_iter=2, maps=maps).image  # maps fix C
+    assert a.shape == (1, N, N) and b.shape == (N, N)
+
+
 def test_reconstruction_threads_default_override_and_restore(t1_problem, monkeypatch):
     import mrtl.recon.cs as cs_mod
     import mrtl.recon.spirit as sp_mod

@@ -444,7 +444,9 @@ def l1_spirit_pocs(
 
     Args:
         kspace: ``(B, C, H, W)`` or ``(C, H, W)`` undersampled k-space (centred), with a fully
-            sampled calibration square at the centre.
+            sampled calibration square at the centre. The unbatched ``(C, H, W)`` form needs
+            ``maps`` or ``kernel`` (they fix the number of coils), so that a batch of single-coil
+            images ``(B, H, W)`` is not taken for ``B`` coils.
         mask: ``(H, W)`` or ``(B, H, W)``.
         kernel: a :class:`SpiritKernel` (``(C, C, k, k)`` shared by the batch or
             ``(B, C, C, k, k)``); None calibrates one per image with the paper's settings
@@ -483,6 +485,13 @@ def l1_spirit_pocs(
 
 
 def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, level, progress, stabilize) -> SpiritResult:
+    if kernel is None and maps is None and getattr(kspace, "ndim", None) == 3:
+        raise ValueError(
+            f"kspace: an unbatched {tuple(kspace.shape)} array would be read as {kspace.shape[0]} coils of one image, "
+            "but nothing confirms the coil axis (no maps, no kernel): pass multi-coil k-space as (B, C, H, W) "
+            "(kspace[None] for one image) or give maps/kernel; a batch of single-coil images (B, H, W) belongs to "
+            "cs_l1_wavelet"
+        )
     y, m, batched = prepare_kspace_mask(kspace, mask, coil_dim=True)
     lam = check_float(lam, "lam", low=0.0)
     B, C, H, W = y.shape
