@@ -164,7 +164,10 @@ def plot_curves(curves: pd.DataFrame, kinds=("finetune", "scratch")):
     fig, axes = plt.subplots(1, max(len(Rs), 1), figsize=(5.2 * max(len(Rs), 1), 3.8), squeeze=False)
     cmap = plt.get_cmap("tab10")
     names = list(dict.fromkeys(c["network"]))
-    color = {n: _COLORS.get(n.split(" ")[0], cmap(i % 10)) for i, n in enumerate(names)}
+    firsts = [n.split(" ")[0] for n in names]
+    # the method's colour when one network per method, else one colour per network
+    unique = len(set(firsts)) == len(firsts)
+    color = {n: (_COLORS.get(f, cmap(i % 10)) if unique else cmap(i % 10)) for i, (n, f) in enumerate(zip(names, firsts))}
     for ax, R in zip(axes[0], Rs):
         g = c[c["R"] == R]
         for (net, seed), s in g.groupby(["network", "seed"], sort=False):
