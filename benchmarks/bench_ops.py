@@ -83,7 +83,7 @@ def main(argv=None) -> None:
         for i in range(B):
             structural_similarity(recn[i], refn[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=float(refn[i].max() - refn[i].min()))
 
-    add(f"SSIM {B}x{N}x{N}", "mrtl.metrics.ssim (torch)", lambda: metrics.ssim(rec, ref))
+    add(f"SSIM {B}x{N}x{N}", "mrtl.metrics.ssim (torch)", lambda: metrics.ssim(rec, ref=ref))
     add(f"SSIM {B}x{N}x{N}", "skimage structural_similarity (loop)", ssim_sk)
 
     counter = iter(range(10**6))

@@ -434,7 +434,7 @@ def _(ctx):
             k = mask * fft2c(maps * img[i])
             zf = coil_combine(torch.fft.ifftshift(torch.fft.ifft2(torch.fft.fftshift(k, dim=(-2, -1)), norm="ortho"), dim=(-2, -1)), maps)
             res = l1_spirit_pocs(k, mask, n_iter=30, maps=maps)
-            worst.append(float(psnr(res.image.abs(), img[i].abs())) - float(psnr(zf.abs(), img[i].abs())))
+            worst.append(float(psnr(res.image.abs(), ref=img[i].abs())) - float(psnr(zf.abs(), ref=img[i].abs())))
         value = min(worst)
     """))
     if r["exc"] is None:

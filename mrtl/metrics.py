@@ -19,7 +19,9 @@ everywhere:
 - **NRMSE** is ``||recon - ref|| / ||ref||`` =
   ``skimage.metrics.normalized_root_mse(ref, recon)`` ("euclidean" normalization).
 
-Inputs are ``(B, H, W)``, ``(B, 1, H, W)`` or a single ``(H, W)`` image (torch tensors or numpy
+The reference is keyword-only everywhere: ``psnr(recon, ref=reference)`` (scikit-image's
+positional order, ``(image_true, image_test)``, is the reverse of mrtl's former one, so a swap
+cannot pass silently). Inputs are ``(B, H, W)``, ``(B, 1, H, W)`` or a single ``(H, W)`` image (torch tensors or numpy
 arrays); results are float64 tensors of shape ``(B,)`` (0-dimensional for a single image) on
 the input's device. Computation is in float64.
 
@@ -109,6 +111,23 @@ def _prepare(recon, ref) -> tuple[torch.Tensor, torch.Tensor, bool]:
     return x, y, single
 
 
+def _keyword_ref(fn: str, args: tuple, ref):
+    """The reference must be passed by keyword: ``fn(recon, ref=reference)``.
+
+    scikit-image takes ``(image_true, image_test)``, the reverse of mrtl's former ``(recon, ref)``;
+    with both positional a swap gave a silently different PSNR/SSIM (the data range comes from
+    the reference), so a second positional argument is an error.
+    """
+    if args:
+        raise TypeError(
+            f"{fn}: pass the reference by keyword, {fn}(recon, ref=reference); got {1 + len(args)} positional "
+            "arguments (positional order is ambiguous: scikit-image's is (image_true, image_test))"
+        )
+    if ref is None:
+        raise TypeError(f"{fn}: missing the reference: call {fn}(recon, ref=reference)")
+    return ref
+
+
 def _finish(values: torch.Tensor, single: bool) -> torch.Tensor:
     return values[0] if single else values
 
@@ -169,7 +188,7 @@ def _data_range(data_range, y: torch.Tensor) -> torch.Tensor:
 # metrics
 
 
-def psnr(recon, ref, data_range=None) -> torch.Tensor:
+def psnr(recon, *args, ref=None, data_range=None) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB, per image.
 
     ``PSNR = 10 log10(data_range**2 / mean((|recon| - |ref|)**2))``, equal to
@@ -178,31 +197,36 @@ def psnr(recon, ref, data_range=None) -> torch.Tensor:
 
     Args:
         recon: reconstruction(s) ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)``; complex -> magnitude.
-        ref: fully sampled reference(s), same shape.
+        ref: fully sampled reference(s), same shape; keyword only (``psnr(recon, ref=reference)``:
+            scikit-image's positional order is the reverse, so a second positional argument is a
+            ``TypeError``).
         data_range: None (default: ``max - min`` of each reference magnitude), a number, or one
             number per image.
 
     Returns:
         float64 tensor ``(B,)`` (0-dim for a single image).
     """
+    ref = _keyword_ref("psnr", args, ref)
     x, y, single = _prepare(recon, ref)
     dr = _data_range(data_range, y)
     mse = ((x - y) ** 2).mean(dim=(-2, -1))
     return _finish(10 * torch.log10(dr**2 / mse), single)
 
 
-def nrmse(recon, ref) -> torch.Tensor:
+def nrmse(recon, *args, ref=None) -> torch.Tensor:
     """Normalized root-mean-square error ``||recon - ref|| / ||ref||`` per image (magnitudes).
 
     Equal to ``skimage.metrics.normalized_root_mse(ref, recon)`` (euclidean normalization).
 
     Args:
         recon: reconstruction(s) ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)``.
-        ref: reference(s), same shape; no image may be all zero.
+        ref: reference(s), same shape; no image may be all zero; keyword only
+            (``nrmse(recon, ref=reference)``).
 
     Returns:
         float64 tensor ``(B,)`` (0-dim for a single image).
     """
+    ref = _keyword_ref("nrmse", args, ref)
     x, y, single = _prepare(recon, ref)
     num = torch.linalg.vector_norm((x - y).reshape(x.shape[0], -1), dim=1)
     den = torch.linalg.vector_norm(y.reshape(y.shape[0], -1), dim=1)
@@ -253,7 +277,7 @@ def _filter_valid(x: torch.Tensor, dim: int) -> torch.Tensor:
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=dim)
 
 
-def ssim(recon, ref, data_range=None) -> torch.Tensor:
+def ssim(recon, *args, ref=None, data_range=None) -> torch.Tensor:
     """Structural similarity index (Wang et al. 2004) per image, on magnitudes.
 
     Gaussian window sigma 1.5 (11 x 11), K1 = 0.01, K2 = 0.03, population covariances, mean of
@@ -264,13 +288,15 @@ def ssim(recon, ref, data_range=None) -> torch.Tensor:
 
     Args:
         recon: reconstruction(s) ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)``; complex -> magnitude.
-        ref: fully sampled reference(s), same shape; at least 11 x 11.
+        ref: fully sampled reference(s), same shape; at least 11 x 11; keyword only
+            (``ssim(recon, ref=reference)``).
         data_range: None (default: ``max - min`` of each reference magnitude), a number, or one
             number per image.
 
     Returns:
         float64 tensor ``(B,)`` (0-dim for a single image), at most 1.
     """
+    ref = _keyword_ref("ssim", args, ref)
     x, y, single = _prepare(recon, ref)
     h, w = x.shape[-2:]
     if h < WIN_SIZE or w < WIN_SIZE:

@@ -1138,8 +1138,8 @@ def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progres
             bd = {k: (None if v is None else v.to(device)) for k, v in b.items()}
             out = model.output(model.prefix(bd["x_u"], bd["kspace"], bd["mask"], bd["maps"], bd["G_img"], validate=False), bd["maps"]).cpu()
             ref, x_u = b["reference"].cpu(), b["x_u"].cpu()  # TrainData may live on a GPU
-            p, s = psnr(out, ref), ssim(out, ref)
-            pz, sz = psnr(x_u, ref), ssim(x_u, ref)
+            p, s = psnr(out, ref=ref), ssim(out, ref=ref)
+            pz, sz = psnr(x_u, ref=ref), ssim(x_u, ref=ref)
             for j, i in enumerate(idx.tolist()):
                 m = data.meta[i] if data.meta else {"index": i}
                 records.append(dict(index=i, subject=m.get("subject"), source=m.get("source"), psnr=float(p[j]),

@@ -48,9 +48,9 @@ def _noisy(ref, sigma, seed):
 def test_ssim_psnr_nrmse_equal_skimage_on_real_images(sigma):
     ref = _real_images()
     recon = _noisy(ref, sigma, seed=0)
-    s = ssim(torch.from_numpy(recon), torch.from_numpy(ref))
-    p = psnr(torch.from_numpy(recon), torch.from_numpy(ref))
-    e = nrmse(torch.from_numpy(recon), torch.from_numpy(ref))
+    s = ssim(torch.from_numpy(recon), ref=torch.from_numpy(ref))
+    p = psnr(torch.from_numpy(recon), ref=torch.from_numpy(ref))
+    e = nrmse(torch.from_numpy(recon), ref=torch.from_numpy(ref))
     assert s.shape == p.shape == e.shape == (len(ref),) and s.dtype == torch.float64
     for i in range(len(ref)):
         dr = ref[i].max() - ref[i].min()
@@ -64,7 +64,7 @@ def test_ssim_equals_skimage_on_random_images(shape):
     rng = np.random.default_rng(1)
     ref = rng.random((4, *shape))
     recon = 0.7 * ref + 0.3 * rng.random((4, *shape)) + 0.1
-    s = ssim(recon, ref)  # numpy input accepted
+    s = ssim(recon, ref=ref)  # numpy input accepted
     for i in range(4):
         dr = ref[i].max() - ref[i].min()
         assert abs(float(s[i]) - _sk_ssim(recon[i], ref[i], dr)) < 1e-10
@@ -73,7 +73,7 @@ def test_ssim_equals_skimage_on_random_images(shape):
 def test_float32_input_within_1e_4_of_skimage():
     ref = _real_images().astype(np.float32)
     recon = _noisy(ref, 0.05, seed=2).astype(np.float32)
-    s = ssim(torch.from_numpy(recon), torch.from_numpy(ref), data_range=1.0)
+    s = ssim(torch.from_numpy(recon), ref=torch.from_numpy(ref), data_range=1.0)
     for i in range(len(ref)):
         assert abs(float(s[i]) - _sk_ssim(recon[i].astype(np.float64), ref[i].astype(np.float64), 1.0)) < 1e-4
 
@@ -87,22 +87,22 @@ def test_complex_inputs_use_magnitudes():
     ref_c = torch.from_numpy(ref * phase_ref).to(torch.complex64)
     recon_c = torch.from_numpy(recon_mag * phase_rec).to(torch.complex64)
     for f in (ssim, psnr, nrmse):
-        got = f(recon_c, ref_c)
-        want = f(torch.from_numpy(recon_mag), torch.from_numpy(ref))
+        got = f(recon_c, ref=ref_c)
+        want = f(torch.from_numpy(recon_mag), ref=torch.from_numpy(ref))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     dr = ref[0].max() - ref[0].min()
-    assert abs(float(ssim(recon_c, ref_c)[0]) - _sk_ssim(recon_mag[0], ref[0], dr)) < 1e-4
+    assert abs(float(ssim(recon_c, ref=ref_c)[0]) - _sk_ssim(recon_mag[0], ref[0], dr)) < 1e-4
 
 
 def test_shapes_single_batched_and_channel():
     ref = torch.from_numpy(_real_images()[:2])
     recon = torch.from_numpy(_noisy(ref.numpy(), 0.1, seed=5))
-    batched = ssim(recon, ref)
-    one = ssim(recon[1], ref[1])
+    batched = ssim(recon, ref=ref)
+    one = ssim(recon[1], ref=ref[1])
     assert one.ndim == 0
     torch.testing.assert_close(one, batched[1])
-    torch.testing.assert_close(ssim(recon[:, None], ref[:, None]), batched)
-    torch.testing.assert_close(psnr(recon[:, None], ref[:, None]), psnr(recon, ref))
+    torch.testing.assert_close(ssim(recon[:, None], ref=ref[:, None]), batched)
+    torch.testing.assert_close(psnr(recon[:, None], ref=ref[:, None]), psnr(recon, ref=ref))
     assert data_range_of(ref).shape == (2,)
     assert float(data_range_of(ref[0])) == pytest.approx(float(ref[0].max() - ref[0].min()))
 
@@ -111,59 +111,59 @@ def test_data_range_comes_from_the_reference():
     ref = torch.from_numpy(_real_images()[:1])
     recon = 3 * ref + 1  # a wider range in the reconstruction must not change data_range
     dr = float(ref.max() - ref.min())
-    assert float(psnr(recon, ref)[0]) == pytest.approx(
+    assert float(psnr(recon, ref=ref)[0]) == pytest.approx(
         peak_signal_noise_ratio(ref[0].numpy(), recon[0].numpy(), data_range=dr), abs=1e-10
     )
     # explicit data_range: a number or one per image
-    p1 = psnr(recon, ref, data_range=2.0)
+    p1 = psnr(recon, ref=ref, data_range=2.0)
     assert float(p1[0]) == pytest.approx(peak_signal_noise_ratio(ref[0].numpy(), recon[0].numpy(), data_range=2.0))
-    torch.testing.assert_close(psnr(recon, ref, data_range=[2.0]), p1)
+    torch.testing.assert_close(psnr(recon, ref=ref, data_range=[2.0]), p1)
 
 
 def test_psnr_analytic_and_ssim_bounds():
     ref = torch.zeros(1, 16, 16, dtype=torch.float64)
     ref[0, :8] = 1.0  # data range 1
     recon = ref + 0.1  # MSE 0.01 -> PSNR 20 dB
-    assert float(psnr(recon, ref)[0]) == pytest.approx(20.0, abs=1e-12)
-    assert math.isinf(float(psnr(ref, ref)[0]))
-    assert float(ssim(ref, ref)[0]) == pytest.approx(1.0, abs=1e-12)
-    assert float(nrmse(ref, ref)[0]) == 0.0
+    assert float(psnr(recon, ref=ref)[0]) == pytest.approx(20.0, abs=1e-12)
+    assert math.isinf(float(psnr(ref, ref=ref)[0]))
+    assert float(ssim(ref, ref=ref)[0]) == pytest.approx(1.0, abs=1e-12)
+    assert float(nrmse(ref, ref=ref)[0]) == 0.0
     rng = np.random.default_rng(6)
     x = torch.from_numpy(rng.random((3, 32, 32)))
     y = torch.from_numpy(rng.random((3, 32, 32)))
-    assert bool((ssim(x, y) < 1).all()) and bool((ssim(x, y) > -1).all())
+    assert bool((ssim(x, ref=y) < 1).all()) and bool((ssim(x, ref=y) > -1).all())
     # symmetric given a fixed data_range (the default takes it from the second argument)
-    torch.testing.assert_close(ssim(x, y, data_range=1.0), ssim(y, x, data_range=1.0))
+    torch.testing.assert_close(ssim(x, ref=y, data_range=1.0), ssim(y, ref=x, data_range=1.0))
 
 
 def test_bad_inputs_name_the_argument():
     a = torch.rand(2, 16, 16)
     with pytest.raises(ValueError, match=r"recon: shape \(2, 16, 15\) differs from ref's \(2, 16, 16\)"):
-        ssim(torch.rand(2, 16, 15), a)
+        ssim(torch.rand(2, 16, 15), ref=a)
     bad = a.clone()
     bad[1, 2, 3] = float("nan")
     with pytest.raises(ValueError, match="ref: contains 1 NaN/Inf"):
-        psnr(a, bad)
+        psnr(a, ref=bad)
     with pytest.raises(ValueError, match="recon: contains 1 NaN/Inf"):
-        ssim(bad, a)
+        ssim(bad, ref=a)
     with pytest.raises(ValueError, match="data_range: expected a finite number > 0, got 0.0"):
-        psnr(a, a, data_range=0)
+        psnr(a, ref=a, data_range=0)
     with pytest.raises(ValueError, match="data_range: expected a finite number > 0, got -1.0"):
-        ssim(a, a, data_range=-1.0)
+        ssim(a, ref=a, data_range=-1.0)
     with pytest.raises(ValueError, match="data_range: expected a number or 2 values"):
-        ssim(a, a, data_range=[1.0, 2.0, 3.0])
+        ssim(a, ref=a, data_range=[1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="ref: image 0 is constant"):
-        psnr(a, torch.ones(2, 16, 16))
+        psnr(a, ref=torch.ones(2, 16, 16))
     with pytest.raises(ValueError, match=r"ref: SSIM needs images of at least 11 x 11"):
-        ssim(torch.rand(10, 30), torch.rand(10, 30))
+        ssim(torch.rand(10, 30), ref=torch.rand(10, 30))
     with pytest.raises(ValueError, match=r"recon: a 4-D input must be \(B, 1, H, W\)"):
-        ssim(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
+        ssim(torch.rand(2, 3, 16, 16), ref=torch.rand(2, 3, 16, 16))
     with pytest.raises(ValueError, match="recon: expected"):
-        psnr(torch.rand(16), torch.rand(16))
+        psnr(torch.rand(16), ref=torch.rand(16))
     with pytest.raises(TypeError, match="recon: expected a real or complex numeric tensor"):
-        psnr(torch.ones(16, 16, dtype=torch.bool), torch.ones(16, 16, dtype=torch.bool))
+        psnr(torch.ones(16, 16, dtype=torch.bool), ref=torch.ones(16, 16, dtype=torch.bool))
     with pytest.raises(ValueError, match="ref: image 0 is all zero"):
-        nrmse(a[:1], torch.zeros(1, 16, 16))
+        nrmse(a[:1], ref=torch.zeros(1, 16, 16))
 
 
 def _records():
@@ -259,7 +259,21 @@ def test_ssim_block_filtering_sizes_match_skimage(shape):
     rng = np.random.default_rng(5)
     ref = rng.random(shape)
     rec = np.abs(ref + 0.2 * rng.standard_normal(shape))
-    ours = ssim(torch.from_numpy(rec), torch.from_numpy(ref)).numpy()
+    ours = ssim(torch.from_numpy(rec), ref=torch.from_numpy(ref)).numpy()
     want = [structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                   data_range=float(b.max() - b.min())) for a, b in zip(rec, ref)]
     np.testing.assert_allclose(ours, want, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("fn", [psnr, ssim, nrmse])
+def test_reference_is_keyword_only(fn):
+    """Regression: ``psnr(x, ref)`` took the reverse of scikit-image's ``(image_true, image_test)``
+    order, so a swapped call gave a different number silently (the data range is the reference's)."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(32, 32, generator=g)
+    recon = 3.0 * ref + 0.1 * torch.rand(32, 32, generator=g)
+    with pytest.raises(TypeError, match=rf"{fn.__name__}: pass the reference by keyword, {fn.__name__}\(recon, ref=reference\)"):
+        fn(ref, recon)
+    with pytest.raises(TypeError, match="missing the reference"):
+        fn(recon)
+    assert torch.isfinite(fn(recon, ref=ref))

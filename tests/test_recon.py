@@ -554,8 +554,8 @@ def test_cs_default_is_near_the_best_lambda_on_validation_slices(domain, R):
     from mrtl.metrics import psnr
 
     k, m, ref = _val_problem(domain, R)
-    default = float(psnr(cs_l1_wavelet(k, m).image, ref).mean())
-    best = max(float(psnr(cs_l1_wavelet(k, m, lam=lam, n_iter=200).image, ref).mean()) for lam in (1e-4, 3e-4, 1e-3, 3e-3))
+    default = float(psnr(cs_l1_wavelet(k, m).image, ref=ref).mean())
+    best = max(float(psnr(cs_l1_wavelet(k, m, lam=lam, n_iter=200).image, ref=ref).mean()) for lam in (1e-4, 3e-4, 1e-3, 3e-3))
     assert default >= best - 0.5, (default, best)
 
 

@@ -95,10 +95,10 @@ CASES = [
     ("wavelet-rank", lambda: _wav().wavedec2(torch.ones(16), wavelet="db1"), ValueError, r"^x: expected at least 2 dimensions"),
     ("wavelet-nan", lambda: _wav().wavedec2(torch.full((16, 16), float("nan")), wavelet="db1"), ValueError, r"^x: contains 256 NaN/Inf"),
     # metrics (mrtl.metrics)
-    ("metric-shape", lambda: _met().psnr(torch.ones(2, 8, 8), torch.ones(2, 8, 9)), ValueError, r"^recon: "),
-    ("metric-rank", lambda: _met().ssim(torch.ones(8), torch.ones(8)), ValueError, r"^recon: expected \(H, W\), \(B, H, W\)"),
-    ("metric-nan", lambda: _met().psnr(torch.ones(8, 8), torch.full((8, 8), float("nan"))), ValueError, r"^ref: contains 64 NaN/Inf"),
-    ("metric-data-range", lambda: _met().psnr(torch.ones(8, 8), torch.ones(8, 8), data_range=-1.0), ValueError, r"^data_range: expected a finite number > 0"),
+    ("metric-shape", lambda: _met().psnr(torch.ones(2, 8, 8), ref=torch.ones(2, 8, 9)), ValueError, r"^recon: "),
+    ("metric-rank", lambda: _met().ssim(torch.ones(8), ref=torch.ones(8)), ValueError, r"^recon: expected \(H, W\), \(B, H, W\)"),
+    ("metric-nan", lambda: _met().psnr(torch.ones(8, 8), ref=torch.full((8, 8), float("nan"))), ValueError, r"^ref: contains 64 NaN/Inf"),
+    ("metric-data-range", lambda: _met().psnr(torch.ones(8, 8), ref=torch.ones(8, 8), data_range=-1.0), ValueError, r"^data_range: expected a finite number > 0"),
 ]
 
 

@@ -27,7 +27,7 @@ def _psnr(recon: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         rng = t.amax(dim=(-2, -1)) - t.amin(dim=(-2, -1))
         mse = ((r - t) ** 2).mean(dim=(-2, -1))
         return 10 * torch.log10(rng**2 / mse)
-    return psnr(recon, ref)
+    return psnr(recon, ref=ref)
 
 
 def select_parameters(fn: Callable, kspace, mask, ref, grid: dict | None = None, **kwargs):
