@@ -173,6 +173,8 @@ def test_cs_bad_inputs(t1_problem):
         cs_l1_wavelet(bad, mask)
     with pytest.raises(TypeError, match="complex"):
         cs_l1_wavelet(y.real, mask)
+    with pytest.raises(ValueError, match=r"kspace: got \(2, 1, 128, 128\), multi-coil .* single-coil"):
+        cs_l1_wavelet(y[:, None], mask)
 
 
 def test_uncentred_mask_or_kspace_is_refused(t1_problem, multicoil):

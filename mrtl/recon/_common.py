@@ -27,6 +27,12 @@ def prepare_kspace_mask(kspace, mask, coil_dim: bool) -> tuple[torch.Tensor, tor
         against it (``(B or 1, [1,] H, W)``), and whether the input had a batch axis.
     """
     nd = (3, 4) if coil_dim else (2, 3)
+    if not coil_dim and getattr(kspace, "ndim", None) == 4:
+        raise ValueError(
+            f"kspace: got {tuple(kspace.shape)}, multi-coil (B, C, H, W) k-space, but this reconstruction is "
+            "single-coil ((H, W) or (B, H, W)): combine the coils first or use mrtl.recon.l1_spirit_pocs; note that "
+            "a (C, H, W) multi-coil array would be read as C separate single-coil images"
+        )
     kspace = check_complex(kspace, "kspace", ndim=nd)
     batched = kspace.ndim == nd[1]
     if not batched:

@@ -176,7 +176,9 @@ def cs_l1_wavelet(
 
     Args:
         kspace: ``(B, H, W)`` or ``(H, W)`` complex undersampled k-space (zeros where not
-            sampled), centred like :func:`mrtl.fft.fft2c`.
+            sampled), centred like :func:`mrtl.fft.fft2c`. Single-coil only: a ``(C, H, W)``
+            multi-coil array would be read as ``C`` separate images (combine the coils first, or
+            use :func:`mrtl.recon.l1_spirit_pocs`); ``(B, C, H, W)`` is refused.
         mask: ``(H, W)`` or ``(B, H, W)`` boolean sampling mask.
         lam: L1-wavelet weight relative to ``max |A^H y|`` per image (see the module
             docstring); the paper's value is 1e-3. ``lam >= 0``. None (default): with FISTA
