@@ -10,6 +10,12 @@ normalises each *reference* to a 99th percentile of 1), then the T1 test slices,
 k-space scale, are reconstructed with (a) the old rule (zero-filled 99th percentile -> 1),
 (b) the default rule (zero-filled 99th percentile -> the training set's median, saved in the
 checkpoint) and (c) the training scale itself (the oracle: reference 99th percentile = 1).
+
+``--recon-memory`` measures the peak resident memory (RSS) of ``mrtl reconstruct`` on 2000
+single-coil 64x64 slices (65.5 MB of complex64 k-space; a 3 x 16-channel cascade), each run in
+a fresh process: the streaming command (batches of ``--recon-batch`` slices), and the
+whole-array path it replaced (load everything, one ``reconstruct`` call, ``numpy.save``),
+against a process that only imports mrtl and loads the model.
 """
 
 from __future__ import annotations
@@ -159,6 +165,82 @@ def normalization_study(size=64, accelerations=(4, 8), epochs=3, n_subnets=3, wi
         print(f"| {r[0]:<5} | {r[1]:<40} | {r[2]:<10} | {r[3]:<10} |")
 
 
+_RSS = "import resource; print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+
+_WHOLE = """
+import io, sys, numpy as np, torch
+from mrtl.train import load_model, reconstruct
+d = sys.argv[1]
+model = load_model(d + '/model.pt')
+k = torch.from_numpy(np.ascontiguousarray(np.load(d + '/k.npy')))
+mask = torch.from_numpy(np.ascontiguousarray(np.load(d + '/m.npy')))
+out = reconstruct(model, k.to(torch.complex64), mask, batch_size=int(sys.argv[2]))
+buf = io.BytesIO(); np.save(buf, out.numpy()); open(d + '/whole.npy', 'wb').write(buf.getvalue())
+"""
+
+_STREAM = """
+import sys
+from mrtl.cli import main
+d = sys.argv[1]
+assert main(['reconstruct', '--ckpt', d + '/model.pt', '--input', d + '/k.npy', '--mask', d + '/m.npy',
+             '--output', d + '/streamed.npy', '--batch-size', sys.argv[2]]) == 0
+"""
+
+_BASE = """
+import sys
+import mrtl.cli, mrtl.train, mrtl.data
+mrtl.train.load_model(sys.argv[1] + '/model.pt')
+"""
+
+
+def recon_memory(n=2000, size=64, batch=32):
+    """Peak RSS of reconstructing ``n`` slices, streamed vs whole-array (fresh processes)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    from mrtl.train import save_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        g = torch.Generator().manual_seed(0)
+        mask = torch.rand(size, size, generator=g) < 0.3
+        k = np.empty((n, size, size), np.complex64)
+        for s in range(0, n, 250):  # smooth random images, undersampled
+            x = torch.nn.functional.avg_pool2d(torch.rand(min(250, n - s), 1, size + 3, size + 3, generator=g), 4, 1)[:, 0]
+            k[s : s + 250] = (fft2c(x.to(torch.complex64)) * mask).numpy()
+        np.save(f"{d}/k.npy", k)
+        np.save(f"{d}/m.npy", np.broadcast_to(mask.numpy(), (n, size, size)))  # one mask per slice, as a scanner writes
+        del k
+        model = Cascade(3, width=16, depth=3, seed=0)
+        model.image_shape = (size, size)
+        save_model(model, f"{d}/model.pt")
+        env = dict(os.environ, MRTL_QUIET="1")
+        peaks = {}
+        for name, code in (("import mrtl + load model (baseline)", _BASE), ("whole array (before)", _WHOLE),
+                           (f"streamed, batch {batch} (mrtl reconstruct)", _STREAM)):
+            t = time.perf_counter()
+            r = subprocess.run([sys.executable, "-c", code + "\n" + _RSS, d, str(batch)], capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise RuntimeError(f"{name} failed: {r.stderr[-2000:]}")
+            kb = int(next(line.split()[1] for line in r.stdout.splitlines() if line.startswith("PEAK_RSS_KB")))
+            peaks[name] = kb / 1024
+            rows.append((name, f"{kb / 1024:.0f} MB", f"{time.perf_counter() - t:.1f} s"))
+        same = np.allclose(np.load(f"{d}/whole.npy"), np.load(f"{d}/streamed.npy"), atol=1e-5)
+        mb_in = n * size * size * 8 / 2**20
+    base = next(iter(peaks.values()))
+    print(f"\n## mrtl reconstruct peak memory: {n} slices of {size}x{size} ({mb_in:.1f} MB complex64 input), "
+          f"cascade 3 x 16 ch x 3, CPU; outputs equal: {same}")
+    print(f"| {'run (fresh process)':<40} | {'peak RSS':<9} | {'above baseline':<26} | {'wall':<7} |")
+    print(f"|{'-' * 42}|{'-' * 11}|{'-' * 28}|{'-' * 9}|")
+    for (name, rss, wall), peak in zip(rows, peaks.values()):
+        extra = f"{peak - base:.0f} MB ({(peak - base) / mb_in:.1f} x input)" if peak is not base else ""
+        print(f"| {name:<40} | {rss:<9} | {extra:<26} | {wall:<7} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=256)
@@ -168,7 +250,12 @@ def main():
     ap.add_argument("--gpu-batch", type=int, default=50)
     ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--normalization", action="store_true", help="measure reconstruct()'s input scaling (see above)")
+    ap.add_argument("--recon-memory", action="store_true", help="peak RSS of mrtl reconstruct on 2000 slices (see above)")
+    ap.add_argument("--recon-batch", type=int, default=32, help="batch size for --recon-memory")
     args = ap.parse_args()
+    if args.recon_memory:
+        recon_memory(batch=args.recon_batch)
+        return
     if args.normalization:
         normalization_study(size=64 if args.size == 256 else args.size)
         return

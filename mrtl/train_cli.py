@@ -13,6 +13,7 @@ An unknown section or key is an error that lists the valid ones. Example: ``conf
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -201,25 +202,176 @@ def _read_array(path, what, key=None):
     return read_array(path, what, key=key, default_key="kspace" if what == "--input" else None)
 
 
-def _cmd_reconstruct(args) -> int:
-    from .train import load_checkpoint, model_from_checkpoint, reconstruct
-    from .utils import atomic_write_bytes
+class _LazyArray:
+    """A ``.npy`` or HDF5 array read slice by slice along its first axis (``shape``, ``dtype``,
+    ``read(start, stop)``), so that reconstructing a large file holds one batch in memory. A file
+    that cannot be opened this way is read by :func:`mrtl.data.loaders.read_array`, whose error
+    names the file and the problem (missing, empty, truncated, pickled, no such dataset, ...)."""
 
+    def __init__(self, path, what, key=None):
+        self.path, self.what = Path(path).expanduser(), what
+        self._h5 = self._ds = self._mem = None
+        try:
+            self._open(key)
+        except Exception as exc:  # noqa: BLE001 - re-raised below with read_array's clear message
+            self.close()
+            _read_array(path, what, key)  # raises the clear error for a malformed file
+            raise ValueError(f"{what}: cannot read {str(self.path)!r} slice by slice ({exc})") from exc
+
+    def _open(self, key):
+        suffix = self.path.suffix.lower()
+        if suffix in (".h5", ".hdf5"):
+            import h5py
+
+            self._h5 = h5py.File(self.path, "r")
+            name = key if key is not None else ("kspace" if self.what == "--input" else None)
+            if name is None:
+                names = []
+                self._h5.visit(lambda n: names.append(n) if isinstance(self._h5[n], h5py.Dataset) else None)
+                if len(names) != 1:
+                    raise ValueError("not exactly one dataset")
+                name = names[0]
+            ds = self._h5[name]
+            if not isinstance(ds, h5py.Dataset):
+                raise ValueError("not a dataset")
+            self._ds, self.shape, self.dtype = ds, tuple(ds.shape), np.dtype(ds.dtype)
+            return
+        if suffix != ".npy":
+            raise ValueError("not .npy/.h5")
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                shape, fortran, dtype = None, True, None  # other versions: memory-mapped below
+            self._offset = f.tell()
+        if fortran:
+            self._mem = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            shape, dtype = self._mem.shape, self._mem.dtype
+        if dtype.hasobject:
+            raise ValueError("object array")
+        need = self._offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self._mem is None and self.path.stat().st_size < need:
+            raise ValueError(f"{self.what}: {str(self.path)!r} is truncated: its header describes {shape} {dtype} "
+                             f"({need} bytes) but the file has {self.path.stat().st_size} bytes")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def read(self, start=None, stop=None) -> np.ndarray:
+        """Rows ``start:stop`` of the first axis (everything when both are None), as a new array."""
+        if self._ds is not None:
+            return np.asarray(self._ds[()] if start is None else self._ds[start:stop])
+        if self._mem is not None:
+            return np.array(self._mem if start is None else self._mem[start:stop])
+        if start is None:
+            start, stop = 0, (self.shape[0] if self.shape else 1)
+        row = int(np.prod(self.shape[1:], dtype=np.int64)) if self.shape else 1
+        n = (stop - start) if self.shape else 1
+        with open(self.path, "rb") as f:
+            f.seek(self._offset + start * row * self.dtype.itemsize)
+            a = np.fromfile(f, dtype=self.dtype, count=n * row)
+        return a.reshape((n, *self.shape[1:]) if self.shape else ())
+
+    def close(self):
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+
+class _AtomicNpyWriter:
+    """Write a ``.npy`` file batch by batch into a temporary beside ``path`` (named like
+    :func:`mrtl.utils.atomic_write_bytes`'s, so a killed run's leftover is recognised as stale),
+    then rename it over ``path``: the target is either absent/old or complete. The bytes equal
+    those of ``numpy.save`` of the whole array."""
+
+    def __init__(self, path, shape, dtype):
+        import secrets
+
+        from .utils import _host_tag
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.parent / f".{self.path.name}.mrtl-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies
+        self.f = os.fdopen(fd, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+        np.lib.format.write_array_header_1_0(self.f, header)
+
+    def write(self, block: np.ndarray):
+        self.f.write(np.ascontiguousarray(block).tobytes())
+
+    def commit(self):
+        from .utils import _fsync_dir
+
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def abort(self):
+        if not self.f.closed:
+            self.f.close()
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def _cmd_reconstruct(args) -> int:
+    """Stream ``--input`` through the cascade ``--batch-size`` slices at a time: the input, mask
+    and maps are read per batch and the output written per batch, so memory is bounded by the
+    batch, not the file (``benchmarks/bench_train.py --recon-memory``)."""
+    from ._validate import check_int
+    from .train import load_checkpoint, model_from_checkpoint, reconstruct
+
+    bs = check_int(args.batch_size, "--batch-size", low=1)
     ck = load_checkpoint(args.ckpt)
     model = model_from_checkpoint(ck)
-    k = torch.from_numpy(np.ascontiguousarray(_read_array(args.input, "--input", args.key)))
-    mask = torch.from_numpy(np.ascontiguousarray(_read_array(args.mask, "--mask")))
-    maps = None if args.maps is None else torch.from_numpy(np.ascontiguousarray(_read_array(args.maps, "--maps")))
-    _check_size(ck.get("image_shape"), tuple(k.shape[-2:]), "--input")
-    if not k.is_complex():
-        raise TypeError(f"--input: expected complex k-space, got dtype {k.dtype}")
-    out = reconstruct(model, k.to(torch.complex64), mask, maps=maps, batch_size=args.batch_size)
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, out.numpy())
-    atomic_write_bytes(args.output, buf.getvalue())
-    print(f"wrote {args.output}: {tuple(out.shape)} complex64")
+    multi = model.coils == "multi"
+    k = _LazyArray(args.input, "--input", args.key)
+    mask = _LazyArray(args.mask, "--mask")
+    maps = None if args.maps is None else _LazyArray(args.maps, "--maps")
+    try:
+        if not np.issubdtype(k.dtype, np.complexfloating):
+            raise TypeError(f"--input: expected complex k-space, got dtype {k.dtype}")
+        single_nd = 3 if multi else 2
+        if len(k.shape) not in (single_nd, single_nd + 1):
+            want = "(C, H, W) or (B, C, H, W)" if multi else "(H, W) or (B, H, W)"
+            raise ValueError(f"--input: a {model.coils}-coil model expects k-space {want}, got shape {k.shape}")
+        _check_size(ck.get("image_shape"), tuple(k.shape[-2:]), "--input")
+        batched = len(k.shape) == single_nd + 1
+        B = k.shape[0] if batched else 1
+        per_slice = lambda a, nd: a is not None and batched and len(a.shape) == nd  # noqa: E731
+        for a, nd, nm in ((mask, 3, "--mask"), (maps, 4, "--maps")):
+            if per_slice(a, nd) and a.shape[0] != B:
+                raise ValueError(f"{nm}: {a.shape[0]} slices but --input has {B}; give one per slice or one for all")
+        mask_all = None if per_slice(mask, 3) else torch.from_numpy(mask.read())
+        maps_all = None if maps is None or per_slice(maps, 4) else torch.from_numpy(maps.read())
+        out_shape = (B, *k.shape[-2:]) if batched else tuple(k.shape[-2:])
+        writer = _AtomicNpyWriter(args.output, out_shape, np.complex64)
+        try:
+            for s in range(0, B, bs) if batched else [None]:
+                e = None if s is None else min(s + bs, B)
+                kb = torch.from_numpy(k.read(s, e)).to(torch.complex64)
+                mb = mask_all if mask_all is not None else torch.from_numpy(mask.read(s, e))
+                pb = maps_all if maps is None or maps_all is not None else torch.from_numpy(maps.read(s, e))
+                try:
+                    out = reconstruct(model, kb, mb, maps=pb, batch_size=bs)
+                except ValueError as exc:
+                    where = "" if s is None else f" (slices {s}..{e - 1})"
+                    raise ValueError(f"--input {args.input}{where}: {exc}") from exc
+                writer.write(out.numpy())
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        for a in (k, mask, maps):
+            if a is not None:
+                a.close()
+    print(f"wrote {args.output}: {out_shape} complex64")
     return 0
 
 
