@@ -39,8 +39,9 @@ lam, its PSNR, the default's PSNR, the gap), ``spirit_grid.csv``, ``spirit_defau
 ``spirit_train_ranking.csv``, ``spirit_gap.csv``, ``spirit_gap_stabilized.csv``; and prints the tables.
 
 Run: ``python benchmarks/defaults_study.py [--quick] [--part cs|spirit|all] [--out DIR]``
-(``--quick``: 64 and 128 only, R = 4, 8, fewer slices and grid points, under ``DIR/quick``; a few
-minutes). The full study took about 40 minutes of one core on a loaded machine. Seeded: the
+(``--quick``: 64 and 128 only, R = 4, 8, fewer slices and grid points, 80 iterations, under
+``DIR/quick``; about 11 minutes on a 2-core machine shared with other jobs). The full study took
+about 40 minutes there. Seeded: the
 same command gives the same CSVs on CPU (one torch thread by default).
 """
 
