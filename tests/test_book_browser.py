@@ -50,9 +50,9 @@ MIN_FIGURES = {
     "book/05_transfer_learning.html": 5,
     "book/06_multicoil.html": 3,
     "book/07_reproducing.html": 2,
-    "book/experiments/transfer.html": 1,
-    "book/experiments/sweep.html": 1,
-    "book/experiments/multicoil.html": 1,
+    "book/experiments/transfer.html": 2,
+    "book/experiments/sweep.html": 2,
+    "book/experiments/multicoil.html": 2,
 }
 SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
 
