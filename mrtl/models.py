@@ -465,7 +465,7 @@ class Cascade(nn.Module):
                 torch.manual_seed(check_int(seed, "seed"))
                 build()
         self.n_subnets, self.coils = n_subnets, coils
-        self.autocast_dtype: Optional[torch.dtype] = None  # set by the trainer for bf16 on CUDA
+        self.autocast_dtype: Optional[torch.dtype] = None  # set by the trainer (amp=True: bf16)
         # set by mrtl.train (saved in checkpoints): training image size, and the median 99th
         # percentile of |x_u| in the training data, the input scale mrtl.train.reconstruct restores
         self.image_shape: Optional[tuple] = None
@@ -522,8 +522,10 @@ class Cascade(nn.Module):
 
     def _subnet(self, p, image):
         net = self.subnets[p - 1]
-        if self.autocast_dtype is not None and image.is_cuda:
-            with torch.autocast("cuda", dtype=self.autocast_dtype):
+        if self.autocast_dtype is not None and image.device.type in ("cuda", "cpu"):
+            # the same code path on both devices (bf16 on CPU lets tests catch dtype errors
+            # without a GPU); DC/CC layers stay outside, in float32/complex64
+            with torch.autocast(image.device.type, dtype=self.autocast_dtype):
                 return net(image)
         return net(image)
 

@@ -781,7 +781,7 @@ def _common_setup(model, device, amp, tf32, seed):
         torch.backends.cudnn.allow_tf32 = bool(tf32)
         torch.backends.cudnn.benchmark = True
     model.to(device)
-    model.autocast_dtype = torch.bfloat16 if (amp and device.type == "cuda") else None
+    model.autocast_dtype = torch.bfloat16 if amp else None  # CUDA and CPU alike (one code path)
     return device, rank, world
 
 
@@ -895,7 +895,8 @@ def train_sequential(
         weight_decay: gamma of Eq. 5/11 (paper: 1e-6), penalty ``gamma ||theta_p||^2``.
         batch_size: global batch size (paper: 50).
         device: "cpu", "cuda", None (auto).
-        amp: bf16 autocast of the subnetworks on CUDA (DC/CC stay in float32).
+        amp: bf16 autocast of the subnetworks (DC/CC stay in float32): for speed on CUDA; the
+            same path runs on CPU (slower there, but it is how tests exercise it without a GPU).
         tf32: allow TF32 matmuls/convolutions on CUDA.
         out_dir: folder for checkpoints and logs (None: nothing written, no resume).
         resume: continue from ``out_dir/checkpoint_pretrain.pt`` if present.
@@ -1111,7 +1112,8 @@ def finetune(
             "out_dir": None if out_dir is None else str(out_dir)}
 
 
-def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progress_bar: bool = False) -> list[dict]:
+def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progress_bar: bool = False,
+             amp: Optional[bool] = None) -> list[dict]:
     """Reconstruct every sample and score it (PSNR, SSIM on magnitudes; ``mrtl.metrics``).
 
     Args:
@@ -1119,6 +1121,7 @@ def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progres
         dataset: samples (as :func:`train_sequential`).
         batch_size: images per forward pass.
         device: None (auto), "cpu" or "cuda".
+        amp: bf16 autocast of the subnetworks (True/False); None keeps the model's setting.
 
     Returns:
         One dict per image: ``index, subject, source, psnr, ssim, psnr_zf, ssim_zf`` (the last
@@ -1130,6 +1133,8 @@ def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progres
     device = get_device(device)
     data = as_train_data(dataset, name="dataset")
     _check_compatible(model, data, "dataset")
+    if amp is not None:
+        model.autocast_dtype = torch.bfloat16 if amp else None
     model.to(device).eval()
     records = []
     with torch.no_grad():
@@ -1148,7 +1153,8 @@ def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progres
 
 
 def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size: int = 32, device=None,
-                normalize: bool = True, max_pixels: Optional[int] = MAX_RECON_PIXELS) -> torch.Tensor:
+                normalize: bool = True, max_pixels: Optional[int] = MAX_RECON_PIXELS,
+                amp: Optional[bool] = None) -> torch.Tensor:
     """Reconstruct undersampled k-space with a trained cascade.
 
     Args:
@@ -1171,6 +1177,7 @@ def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size:
             k-space as given (already at the training scale).
         max_pixels: refuse slices with more pixels than this (default :data:`MAX_RECON_PIXELS`,
             2048 x 2048) with an error that estimates the memory needed; None: no limit.
+        amp: bf16 autocast of the subnetworks (True/False); None keeps the model's setting.
 
     Returns:
         Complex image(s) ``(B, H, W)`` (``(H, W)`` for unbatched input), on the CPU.
@@ -1198,7 +1205,7 @@ def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size:
                          f"max_pixels=None to reconstruct anyway")
     if unbatched:
         kspace = kspace[None]
-    mask = check_mask(mask, "mask", shape=tuple(kspace.shape))
+    mask = check_mask(mask, "mask", shape=(kspace.shape[0], *kspace.shape[-2:]))  # (B, H, W), also multi-coil
     if mask.ndim == 2:
         mask = mask[None].expand(kspace.shape[0], -1, -1)
     if multi:
@@ -1227,6 +1234,8 @@ def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size:
         G_img = check_complex(G_img, "G_img", ndim=(4, 5))
         if G_img.ndim == 4:
             G_img = G_img[None].expand(kspace.shape[0], -1, -1, -1, -1)
+    if amp is not None:
+        model.autocast_dtype = torch.bfloat16 if amp else None
     model.to(device).eval()
     outs = []
     with torch.no_grad():
