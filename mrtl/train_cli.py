@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._validate import check_choice, check_float, check_int
+from ._validate import check_bool, check_choice, check_float, check_int
 
 __all__ = ["add_commands", "load_config", "build_dataset", "DATA_KEYS", "MODEL_KEYS"]
 
@@ -103,6 +103,20 @@ def load_config(path) -> dict:
     for sec in ("train", "finetune"):
         if "betas" in cfg.get(sec, {}):
             cfg[sec]["betas"] = tuple(cfg[sec]["betas"])
+        for flag in ("resume", "select_best"):  # YAML reads "resume: maybe" as a (truthy) string
+            if flag in cfg.get(sec, {}):
+                check_bool(cfg[sec][flag], f"{sec}.{flag}")
+    if cfg.get("train", {}).get("stages") is not None:  # named as in the file, not as the model's argument p
+        import inspect
+
+        from .models import Cascade
+
+        n = cfg.get("model", {}).get("n_subnets", inspect.signature(Cascade).parameters["n_subnets"].default)
+        stages = cfg["train"]["stages"]
+        if not isinstance(stages, (list, tuple)) or not stages:
+            raise ValueError(f"train.stages: expected a non-empty list of stage numbers (1..{n}), got {stages!r}")
+        for s in stages:
+            check_int(s, "train.stages", low=1, high=n if isinstance(n, int) else None)
     return cfg
 
 
@@ -110,6 +124,8 @@ def _datasets(data_cfg: dict, default_split: str, n_key_default=None):
     d = dict(data_cfg)
     val_split = d.pop("val_split", "val")
     n_val = d.pop("n_val", None)
+    if n_val is not None:
+        check_int(n_val, "data.n_val", low=1)
     d.setdefault("split", default_split)
     main = build_dataset(**d)
     val = None

@@ -231,3 +231,20 @@ def test_cli_reconstruct_bad_files_are_one_line(tmp_path, capsys):
                         "--output", str(tmp_path / "out.npy")], capsys)
         assert rc == 2 and len(err) == 1 and bad.name in err[0], (bad.name, err)
         assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize("section, key, value, words", [
+    ("train", "resume", "maybe", "train.resume: expected true or false, got str 'maybe'"),
+    ("data", "n_val", 0, "data.n_val: expected an integer in [1, inf], got 0"),
+    ("train", "stages", [5], "train.stages: expected an integer in [1, 1], got 5"),
+])
+def test_cli_config_errors_name_the_field_of_the_file(tmp_path, capsys, section, key, value, words):
+    import json
+
+    cfg = {"model": {"n_subnets": 1, "width": 4, "depth": 1, "seed": 0}, "data": {"domain": "t1", "size": 32, "n": 4},
+           "train": {"epochs_per_subnet": 1, "batch_size": 2}}
+    cfg[section][key] = value
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    rc, err = _cli(["train", "--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "o").exists()  # refused before anything was trained or written
