@@ -359,6 +359,9 @@ def _cmd_reconstruct(args) -> int:
         _check_size(ck.get("image_shape"), tuple(k.shape[-2:]), "--input")
         batched = len(k.shape) == single_nd + 1
         B = k.shape[0] if batched else 1
+        if B == 0:
+            raise ValueError(f"--input: {str(args.input)!r} holds no slices (shape {k.shape}); expected at least "
+                             "one k-space slice")
         per_slice = lambda a, nd: a is not None and batched and len(a.shape) == nd  # noqa: E731
         for a, nd, nm in ((mask, 3, "--mask"), (maps, 4, "--maps")):
             if per_slice(a, nd) and a.shape[0] != B:

@@ -226,7 +226,9 @@ def test_cli_reconstruct_bad_files_are_one_line(tmp_path, capsys):
     h5.write_bytes(b"not hdf5 at all" * 10)
     link = tmp_path / "dangling.npy"
     link.symlink_to(tmp_path / "gone.npy")
-    for bad in (trunc, empty, h5, link):
+    zero = tmp_path / "no_slices.npy"
+    np.save(zero, np.zeros((0, 32, 32), dtype=np.complex64))
+    for bad in (trunc, empty, h5, link, zero):
         rc, err = _cli(["reconstruct", "--ckpt", str(ck), "--input", str(bad), "--mask", str(mask),
                         "--output", str(tmp_path / "out.npy")], capsys)
         assert rc == 2 and len(err) == 1 and bad.name in err[0], (bad.name, err)
