@@ -9,7 +9,8 @@ One trainer serves both phases:
 * the L2 weight penalty ``gamma ||theta||^2`` of Eq. 5/11 is Adam's coupled ``weight_decay``
   set to ``2 * gamma`` (the gradient of ``gamma ||theta||^2``), applied to all parameters;
 * Adam (betas 0.9, 0.999), batch 50, lr 1e-4 (pretraining) / 1e-5 (fine-tuning) in
-  :data:`PAPER`; :data:`SMALL` is the CPU preset of DESIGN.md (lr 1e-3 / 1e-4, 32 channels);
+  :data:`PAPER`; :data:`SMALL` is the CPU preset of ``results/small/`` (lr 1e-3, 3 x 16 channels;
+  both from :mod:`mrtl.presets`);
 * the whole dataset is materialised once as tensors on the training device (masks stay fixed per
   sample); in sequential training the frozen prefix ``1..p-1`` is run once per stage and its
   output cached, so an epoch of stage p runs only subnetwork p and its DC/CC layers;
@@ -49,6 +50,7 @@ import torch.nn as nn
 from ._validate import check_float, check_int
 from .fft import ifft2c
 from .models import Cascade, coil_combine
+from .presets import PAPER, SMALL
 from .utils import atomic_save_torch, atomic_write_text, get_device, progress
 
 __all__ = [
@@ -98,20 +100,10 @@ class TrainingDiverged(RuntimeError):
     """Training produced a non-finite loss or weights, or collapsed (see :data:`DIVERGENCE_DB`).
     The message names the phase, stage and epoch, and the last good checkpoint kept on disk."""
 
-#: The paper's full-scale settings (Methods, "Network training").
-PAPER: dict = {
-    "model": dict(n_subnets=5, width=64, depth=4, subnet="conv", dc_lam=None),
-    "train": dict(epochs_per_subnet=20, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-6, batch_size=50),
-    "finetune": dict(epochs=100, lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-6, batch_size=50),
-}
-
-#: The small CPU scale of DESIGN.md ("Small-scale facts"): the paper's learning rates learn
-#: almost nothing in the few epochs a CPU allows; 1e-3 / 1e-4 did.
-SMALL: dict = {
-    "model": dict(n_subnets=5, width=32, depth=4, subnet="conv", dc_lam=None),
-    "train": dict(epochs_per_subnet=3, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-6, batch_size=16),
-    "finetune": dict(epochs=40, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-6, batch_size=10),
-}
+# PAPER (the paper's full-scale settings, Methods "Network training") and SMALL (the CPU scale of
+# results/small/) are defined once, in mrtl.presets; the defaults of train_sequential/finetune
+# are PAPER's.
+_PT, _PF = PAPER["train"], PAPER["finetune"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -861,11 +853,11 @@ def train_sequential(
     model: Cascade,
     train_set,
     val_set=None,
-    epochs_per_subnet: int = 20,
-    lr: float = 1e-4,
-    betas: Sequence[float] = (0.9, 0.999),
-    weight_decay: float = 1e-6,
-    batch_size: int = 50,
+    epochs_per_subnet: int = _PT["epochs_per_subnet"],
+    lr: float = _PT["lr"],
+    betas: Sequence[float] = _PT["betas"],
+    weight_decay: float = _PT["weight_decay"],
+    batch_size: int = _PT["batch_size"],
     device=None,
     amp: bool = False,
     tf32: bool = True,
@@ -1030,11 +1022,11 @@ def finetune(
     model: Cascade,
     tune_set,
     val_set=None,
-    epochs: int = 100,
-    lr: float = 1e-5,
-    betas: Sequence[float] = (0.9, 0.999),
-    weight_decay: float = 1e-6,
-    batch_size: int = 50,
+    epochs: int = _PF["epochs"],
+    lr: float = _PF["lr"],
+    betas: Sequence[float] = _PF["betas"],
+    weight_decay: float = _PF["weight_decay"],
+    batch_size: int = _PF["batch_size"],
     device=None,
     amp: bool = False,
     tf32: bool = True,

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._validate import check_bool, check_choice, check_float, check_int
+from ._validate import check_acceleration, check_bool, check_choice, check_int
+from .presets import DEFAULT_R
 
 __all__ = ["add_commands", "load_config", "build_dataset", "DATA_KEYS", "MODEL_KEYS"]
 
@@ -31,7 +32,7 @@ DATA_KEYS = (
 
 
 def build_dataset(domain: str | None = "t1", path=None, format: str = "photos", split: str = "train", size=64,
-                  acceleration: float = 4.0, mask_seed: int = 0, n_masks: int = 100, mask_kind: str = "poisson",
+                  acceleration: float = DEFAULT_R, mask_seed: int = 0, n_masks: int = 100, mask_kind: str = "poisson",
                   mask_split: str = "train", coils=None, noise_std: float = 0.0, augment: bool = False, seed: int = 0,
                   n: int | None = None):
     """An ``mrtl.data.UndersampledDataset`` from the bundled data (``domain``) or a folder (``path``).
@@ -68,7 +69,7 @@ def build_dataset(domain: str | None = "t1", path=None, format: str = "photos", 
         check_int(n, "data.n", low=1)
         src = torch.utils.data.Subset(src, range(min(n, len(src))))
         src.subjects = None
-    bank = MaskBank(check_float(acceleration, "data.acceleration", low=1.0), size, n=n_masks, seed=mask_seed,
+    bank = MaskBank(check_acceleration(acceleration, "data.acceleration"), size, n=n_masks, seed=mask_seed,
                     split=mask_split, kind=mask_kind)
     return UndersampledDataset(src, bank, coils=coils, noise_std=noise_std, augment=augment, seed=seed)
 
@@ -420,7 +421,7 @@ def add_commands(sub) -> None:
     p.add_argument("--format", default="photos", choices=("photos", "nifti"), help="folder format when --data is a path")
     p.add_argument("--split", default="test", help="bundled split (default test)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (must match the checkpoint)")
-    p.add_argument("--acceleration", type=float, default=4.0, help="acceleration R of the test mask bank")
+    p.add_argument("--acceleration", type=float, default=float(DEFAULT_R), help=f"acceleration R of the test mask bank (default {DEFAULT_R})")
     p.add_argument("--mask-seed", type=int, default=0, help="seed of the test mask bank")
     p.add_argument("--n", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")

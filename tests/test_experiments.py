@@ -58,6 +58,104 @@ def test_small_preset_uses_the_cpu_learning_rates():
     assert set(cfg.sources) == {"natural", "t1", "t2"} and cfg.targets == ("t1",)
 
 
+def _yaml_configs():
+    return sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_presets_are_defined_once_and_every_config_agrees():
+    """mrtl.presets is the one source of settings: mrtl.train.SMALL/PAPER are it, the study
+    presets (small and full), the command line's default R and every configs/*.yaml agree with it.
+    Editing one value in any of these places fails here."""
+    import inspect
+
+    import yaml
+
+    from mrtl import presets, train, train_cli
+
+    assert train.SMALL is presets.SMALL and train.PAPER is presets.PAPER
+    assert inspect.signature(train_cli.build_dataset).parameters["acceleration"].default == presets.DEFAULT_R
+    for scale, cfg in (("small", TransferConfig.small()), ("paper", TransferConfig.full())):
+        p = presets.preset(scale)
+        m, t, f = p["model"], p["train"], p["finetune"]
+        assert (cfg.n_subnets, cfg.width, cfg.depth) == (m["n_subnets"], m["width"], m["depth"])
+        assert (cfg.epochs, cfg.lr_pretrain, cfg.batch_size) == (t["epochs_per_subnet"], t["lr"], t["batch_size"])
+        assert (cfg.ft_epochs, cfg.lr_finetune, cfg.ft_batch_size) == (f["epochs"], f["lr"], f["batch_size"])
+        assert cfg.size == p["data"]["size"] and presets.DEFAULT_R in cfg.R_list
+        if scale == "small":
+            assert (cfg.pretrain_patience, cfg.patience) == (t["patience"], f["patience"])
+            assert cfg.lr_grid == presets.SMALL_LR_GRID and cfg.lr_grid_pretrain == presets.SMALL_LR_GRID_PRETRAIN
+            assert f["lr"] in cfg.lr_grid and t["lr"] in cfg.lr_grid_pretrain  # the YAML rates are grid points
+    for c in (SweepConfig, MulticoilConfig):
+        assert presets.DEFAULT_R in c.small().R_list and c.small().size == presets.SMALL["data"]["size"]
+    files = _yaml_configs()
+    assert {f.name for f in files} >= {"small_t1.yaml", "small_finetune_t1.yaml", "paper_natural.yaml",
+                                       "paper_finetune.yaml"}
+    for path in files:
+        scale = path.name.split("_")[0]
+        assert scale in ("small", "paper"), f"{path.name}: name it small_* or paper_* (the preset it follows)"
+        p = presets.preset(scale)
+        doc = yaml.safe_load(path.read_text())
+        phases = [s for s in ("train", "finetune") if s in doc]
+        assert phases, path.name
+        for section, body in doc.items():
+            for key, value in body.items():
+                if key in p.get(section, {}):
+                    want = p[section][key]
+                    got = tuple(value) if isinstance(value, list) else value
+                    assert got == want, f"{path.name}: {section}.{key} = {value!r}, the {scale} preset says {want!r}"
+        for phase in phases:  # the settings that matter are written out, not left to other defaults
+            need = {"lr", "batch_size", "epochs_per_subnet" if phase == "train" else "epochs"}
+            assert need <= set(doc[phase]), (path.name, phase, need - set(doc[phase]))
+        assert doc["data"]["acceleration"] == presets.DEFAULT_R and doc["data"]["size"] == p["data"]["size"]
+        if scale == "small" and "finetune" in doc:
+            assert doc["data"]["n"] == TransferConfig.small().n_tune
+
+
+def test_default_config_is_the_small_preset():
+    """SweepConfig() and SweepConfig.small() used to differ (Ntrain 20/80 against 32/128)."""
+    for cls in (TransferConfig, SweepConfig, MulticoilConfig):
+        assert cls() == cls.small(), cls.__name__
+
+
+def test_validate_checks_without_changing_the_config():
+    """validate() only checks; canonical forms (tuples, sorted Ntune lists, str paths) are made at
+    construction. It used to sort n_tune_list, turn lists into tuples and paths into strings."""
+    cfg = SweepConfig.small()
+    cfg.n_tune_list = (20, 0, 4)
+    cfg.lr_grid = [1e-3, 3e-3]
+    before = {f: getattr(cfg, f) for f in cfg.to_dict()}
+    assert cfg.validate() is cfg
+    assert {f: getattr(cfg, f) for f in cfg.to_dict()} == before
+    assert cfg.n_tune_list == (20, 0, 4) and isinstance(cfg.lr_grid, list)
+    built = SweepConfig(n_tune_list=[20, 0, 4], output_dir=Path("out"), R_list=8)
+    assert built.n_tune_list == (0, 4, 20) and built.output_dir == "out" and built.R_list == (8,)
+    cfg.R_list = (4, 30)
+    with pytest.raises(ValueError, match=r"R_list\[1\]"):
+        cfg.validate()
+
+
+def test_R_is_checked_by_the_one_acceleration_check(monkeypatch):
+    """The study configs and the command line check R with mrtl._validate.check_acceleration."""
+    import mrtl._validate as v
+    from mrtl import train_cli
+    from mrtl.experiments import config
+
+    seen = []
+    real = v.check_acceleration
+
+    def spy(R, name="acceleration", **kw):
+        seen.append(name)
+        return real(R, name, **kw)
+
+    monkeypatch.setattr(config, "check_acceleration", spy)
+    monkeypatch.setattr(train_cli, "check_acceleration", spy)
+    TransferConfig.small()
+    assert seen == ["R_list[0]", "R_list[1]"]
+    with pytest.raises(ValueError, match="data.acceleration"):
+        train_cli.build_dataset("t1", split="val", size=32, acceleration=0.5, n=1)
+    assert seen[-1] == "data.acceleration"
+
+
 @pytest.mark.parametrize("bad, exc, words", [
     (dict(scale="huge"), ValueError, "scale"),
     (dict(epochs=-1), ValueError, "epochs"),
@@ -444,7 +542,7 @@ def test_reproduce_checks_parameters_before_running(tmp_path, capsys):
     from mrtl.experiments import run_study
 
     for params, words in (({"epochz": 3}, "-p epochz: not a parameter of the transfer study"),
-                          ({"epochs": 0}, "-p epochs: expected an int >= 1"),
+                          ({"epochs": 0}, "-p epochs: expected an integer in "),
                           ({"device": "tpu"}, "-p device"),
                           ({"output_dir": "x"}, "-p output_dir: set by mrtl reproduce; use --output"),
                           ({"t1_dir": str(tmp_path / "missing")}, "-p t1_dir")):

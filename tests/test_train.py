@@ -172,11 +172,19 @@ def test_hybrid_loss_is_mse_plus_mae():
     assert float(hybrid_loss(a, b, coils="multi")) == pytest.approx(1.25 + 0.75)
 
 
-def test_presets_are_explicit():
+def test_presets_are_the_papers_and_the_defaults():
+    """PAPER is the paper's Methods ("Network training"), typed here from the paper, and it is
+    what train_sequential/finetune use when given nothing; SMALL builds a cascade."""
+    import inspect
+
     assert PAPER["train"]["lr"] == 1e-4 and PAPER["finetune"]["lr"] == 1e-5
     assert PAPER["train"]["epochs_per_subnet"] == 20 and PAPER["finetune"]["epochs"] == 100
     assert PAPER["train"]["batch_size"] == 50 and PAPER["model"]["width"] == 64 and PAPER["model"]["n_subnets"] == 5
-    assert SMALL["train"]["lr"] == 1e-3 and SMALL["finetune"]["lr"] == 1e-4 and SMALL["model"]["width"] == 32
+    assert PAPER["train"]["weight_decay"] == 1e-6 and tuple(PAPER["train"]["betas"]) == (0.9, 0.999)
+    for fn, phase in ((train_sequential, "train"), (finetune, "finetune")):
+        defaults = {k: v.default for k, v in inspect.signature(fn).parameters.items()}
+        for key, value in PAPER[phase].items():
+            assert defaults[key] == value, (fn.__name__, key)
     Cascade(**SMALL["model"])
 
 

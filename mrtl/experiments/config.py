@@ -12,6 +12,12 @@ Presets:
   subnetwork, 100 fine-tuning epochs, Adam lr 1e-4 / 1e-5, batch 50, Ntrain 500-4000,
   Ntune 0-100, R 2-10). Needs user data (``natural_dir``, ``t1_dir``, ``t2_dir``,
   ``fastmri_dir``) and a GPU.
+The model, training and fine-tuning numbers of ``full`` and ``small`` come from
+:mod:`mrtl.presets` (``PAPER``, ``SMALL``, ``DEFAULT_R``), the one place they are written; the
+class defaults of every config are its ``small`` preset (``SweepConfig() == SweepConfig.small()``).
+:meth:`StudyConfig.validate` only checks (with :mod:`mrtl._validate`; R with
+``check_acceleration``); canonical forms (tuples, sorted Ntune lists) are made at construction.
+
 - ``small``: the CPU preset used for ``results/small/``, the book and ``make demo``. 64x64
   images; cascades of 3 subnetworks x 16 channels (4 hidden layers); 128 pretraining images
   per source (natural crops; T1 has only 78 bundled training slices, so its network sees all
@@ -39,6 +45,9 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from .._validate import check_acceleration, check_bool, check_choice, check_float, check_int
+from ..presets import DEFAULT_R, PAPER, SMALL, SMALL_LR_GRID, SMALL_LR_GRID_PRETRAIN, STOPPING
+
 __all__ = ["StudyConfig", "TransferConfig", "SweepConfig", "MulticoilConfig", "make_config", "SCALES", "STUDIES"]
 
 SCALES = ("tiny", "small", "full")
@@ -51,53 +60,49 @@ def _err(name: str, expected: str, got: Any) -> ValueError:
     return ValueError(f"{name}: expected {expected}, got {got!r}")
 
 
-def _check_int(name: str, v: Any, low: int = 0) -> None:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
-    if v < low:
-        raise _err(name, f"an int >= {low}", v)
-
-
-def _check_pos_float(name: str, v: Any, low_open: bool = True) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(v).__name__} {v!r}")
-    if v != v or v in (float("inf"), float("-inf")):
-        raise _err(name, "a finite number", v)
-    if (v <= 0) if low_open else (v < 0):
-        raise _err(name, "a positive number" if low_open else "a number >= 0", v)
-
-
-def _check_int_list(name: str, v: Any, low: int = 0, nonempty: bool = True) -> tuple[int, ...]:
-    if isinstance(v, (int,)) and not isinstance(v, bool):
-        v = (v,)
-    if not isinstance(v, (list, tuple)):
-        raise TypeError(f"{name}: expected a list of ints, got {type(v).__name__} {v!r}")
-    if nonempty and len(v) == 0:
-        raise _err(name, "a non-empty list of ints", v)
-    for x in v:
-        if isinstance(x, bool) or not isinstance(x, int):
-            raise TypeError(f"{name}: expected a list of ints, got element {x!r} ({type(x).__name__})")
-        if x < low:
-            raise _err(name, f"ints >= {low}", list(v))
+def _check_distinct(name: str, v) -> None:
     if len(set(v)) != len(v):
         raise _err(name, "distinct values", list(v))
+
+
+def _as_list(name: str, v: Any, kind: str) -> tuple:
+    """``v`` as a tuple (a single value is a 1-tuple); a non-empty list is required."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = (v,)
+    if not isinstance(v, (list, tuple)):
+        raise TypeError(f"{name}: expected a list of {kind}, got {type(v).__name__} {v!r}")
+    if len(v) == 0:
+        raise _err(name, f"a non-empty list of {kind}", v)
     return tuple(v)
+
+
+def _check_int_list(name: str, v: Any, low: int = 0) -> tuple[int, ...]:
+    """A non-empty list of distinct ints >= ``low`` (``mrtl._validate.check_int`` per element)."""
+    v = _as_list(name, v, "ints")
+    out = tuple(check_int(x, f"{name}[{i}]", low=low) for i, x in enumerate(v))
+    _check_distinct(name, out)
+    return out
 
 
 def _check_float_list(name: str, v: Any, low_open: bool = True) -> tuple[float, ...]:
     """A non-empty list of distinct finite numbers > 0 (>= 0 with ``low_open=False``)."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = (v,)
-    if not isinstance(v, (list, tuple)) or len(v) == 0:
-        raise _err(name, "a non-empty list of numbers", v)
-    for x in v:
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise TypeError(f"{name}: expected a list of numbers, got element {x!r} ({type(x).__name__})")
-        if x != x or x in (float("inf"), float("-inf")) or ((x <= 0) if low_open else (x < 0)):
-            raise _err(name, "finite numbers > 0" if low_open else "finite numbers >= 0", list(v))
-    if len(set(v)) != len(v):
-        raise _err(name, "distinct values", list(v))
-    return tuple(float(x) for x in v)
+    v = _as_list(name, v, "numbers")
+    out = tuple(check_float(x, f"{name}[{i}]", low=0.0, low_open=low_open) for i, x in enumerate(v))
+    _check_distinct(name, out)
+    return out
+
+
+def _check_R_list(name: str, v: Any) -> tuple[int, ...]:
+    """Acceleration factors: integers (the studies' mask banks and tables are per integer R),
+    each checked by :func:`mrtl._validate.check_acceleration` (the one R check of mrtl), within
+    the paper's range R = 2..12."""
+    v = _as_list(name, v, "ints")
+    out = []
+    for i, x in enumerate(v):
+        check_int(x, f"{name}[{i}]")
+        out.append(int(check_acceleration(x, f"{name}[{i}]", low=2.0, high=12.0)))
+    _check_distinct(name, out)
+    return tuple(out)
 
 
 @dataclass
@@ -142,29 +147,30 @@ class StudyConfig:
             it to 1; None leaves it as is.
     """
 
+    # the small preset (mrtl.presets.SMALL) is the default of every field
     scale: str = "small"
     device: str = "cpu"
     seed: int = 0
     n_seeds: int = 3
-    size: int = 64
-    R_list: tuple[int, ...] = (4, 8)
+    size: int = SMALL["data"]["size"]
+    R_list: tuple[int, ...] = (DEFAULT_R, 8)
     n_train: int = 128
     n_test: int | None = None
     n_val: int | None = None
-    n_subnets: int = 3
-    width: int = 16
-    depth: int = 4
-    epochs: int = 8
-    pretrain_patience: int | None = 2
-    ft_epochs: int = 100
-    patience: int | None = 10
-    lr_pretrain: float = 1e-3
-    lr_finetune: float = 1e-3
-    lr_scratch: float = 1e-3
-    lr_grid_pretrain: tuple[float, ...] | None = (1e-3, 3e-3)
-    lr_grid: tuple[float, ...] | None = (3e-4, 1e-3, 3e-3)
-    batch_size: int = 8
-    ft_batch_size: int = 4
+    n_subnets: int = SMALL["model"]["n_subnets"]
+    width: int = SMALL["model"]["width"]
+    depth: int = SMALL["model"]["depth"]
+    epochs: int = SMALL["train"]["epochs_per_subnet"]
+    pretrain_patience: int | None = STOPPING["small"]["train"]["patience"]
+    ft_epochs: int = SMALL["finetune"]["epochs"]
+    patience: int | None = STOPPING["small"]["finetune"]["patience"]
+    lr_pretrain: float = SMALL["train"]["lr"]
+    lr_finetune: float = SMALL["finetune"]["lr"]
+    lr_scratch: float = SMALL["finetune"]["lr"]
+    lr_grid_pretrain: tuple[float, ...] | None = SMALL_LR_GRID_PRETRAIN
+    lr_grid: tuple[float, ...] | None = SMALL_LR_GRID
+    batch_size: int = SMALL["train"]["batch_size"]
+    ft_batch_size: int = SMALL["finetune"]["batch_size"]
     n_masks: int = 100
     natural_dir: str | None = None
     t1_dir: str | None = None
@@ -200,7 +206,7 @@ class StudyConfig:
 
     @classmethod
     def _tiny(cls) -> dict:
-        return dict(size=32, R_list=(4,), n_train=12, n_test=4, n_val=4, n_subnets=2, width=8, depth=2,
+        return dict(size=32, R_list=(DEFAULT_R,), n_train=12, n_test=4, n_val=4, n_subnets=2, width=8, depth=2,
                     epochs=1, ft_epochs=2, patience=1, pretrain_patience=1, n_seeds=1, lr_grid_pretrain=None,
                     lr_grid=None, batch_size=4, ft_batch_size=4, n_masks=8, device="cpu")
 
@@ -210,10 +216,13 @@ class StudyConfig:
 
     @classmethod
     def _full(cls) -> dict:
-        return dict(size=256, R_list=(2, 4, 6, 8, 10), n_train=2000, n_test=None, n_val=None, n_subnets=5,
-                    width=64, depth=4, epochs=20, ft_epochs=100, lr_pretrain=1e-4, lr_finetune=1e-5,
-                    lr_scratch=1e-4, lr_grid_pretrain=None, lr_grid=None, pretrain_patience=None, patience=20,
-                    n_seeds=1, batch_size=50, ft_batch_size=50, n_masks=100, device="cuda", num_threads=None)
+        m, t, f = PAPER["model"], PAPER["train"], PAPER["finetune"]
+        return dict(size=PAPER["data"]["size"], R_list=(2, 4, 6, 8, 10), n_train=2000, n_test=None, n_val=None,
+                    n_subnets=m["n_subnets"], width=m["width"], depth=m["depth"], epochs=t["epochs_per_subnet"],
+                    ft_epochs=f["epochs"], lr_pretrain=t["lr"], lr_finetune=f["lr"], lr_scratch=t["lr"],
+                    lr_grid_pretrain=None, lr_grid=None, pretrain_patience=None, patience=20,
+                    n_seeds=1, batch_size=t["batch_size"], ft_batch_size=f["batch_size"], n_masks=100, device="cuda",
+                    num_threads=None)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -263,48 +272,61 @@ class StudyConfig:
         return type(self).from_dict(d)
 
     # -------------------------------------------------------------- validation
+    _LIST_FIELDS: ClassVar[tuple[str, ...]] = ("R_list", "lr_grid_pretrain", "lr_grid")
+    _SORTED_FIELDS: ClassVar[tuple[str, ...]] = ()
+    _PATH_FIELDS: ClassVar[tuple[str, ...]] = ("natural_dir", "t1_dir", "t2_dir", "fastmri_dir", "output_dir")
+
+    def __post_init__(self) -> None:
+        """Canonical forms at construction (never in :meth:`validate`, which only checks): lists
+        and single values of list fields become tuples, ``*_sorted`` lists are sorted, paths
+        become strings. Anything else is left for :meth:`validate` to report."""
+        for name in self._LIST_FIELDS + self._SORTED_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, list):
+                v = tuple(v)
+            elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                v = (v,)
+            if name in self._SORTED_FIELDS and isinstance(v, tuple) and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in v):
+                v = tuple(sorted(v))
+            setattr(self, name, v)
+        for name in self._PATH_FIELDS:
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str) and hasattr(v, "__fspath__"):
+                setattr(self, name, str(v))
+
     def validate(self) -> "StudyConfig":
-        """Check every field; raise ``ValueError``/``TypeError`` naming the field."""
-        if self.scale not in SCALES:
-            raise _err("scale", f"one of {SCALES}", self.scale)
+        """Check every field; raise ``ValueError``/``TypeError`` naming the field. The config is
+        not changed (canonical forms are made at construction, :meth:`__post_init__`).
+
+        Returns:
+            ``self``, unchanged.
+        """
+        check_choice(self.scale, "scale", SCALES)
         if self.device not in _DEVICES and not str(self.device).startswith("cuda:"):
             raise _err("device", f"one of {_DEVICES} or 'cuda:N'", self.device)
-        _check_int("seed", self.seed)
-        _check_int("size", self.size, low=16)
+        check_int(self.seed, "seed", low=0)
+        check_int(self.size, "size", low=16)
         if self.size % 8:
             raise _err("size", "a multiple of 8 (wavelet levels and pooling need it)", self.size)
-        self.R_list = _check_int_list("R_list", self.R_list, low=2)
-        if max(self.R_list) > 12:
-            raise _err("R_list", "acceleration factors in [2, 12]", list(self.R_list))
-        _check_int("n_train", self.n_train, low=1)
-        if self.n_test is not None:
-            _check_int("n_test", self.n_test, low=1)
-        if self.n_val is not None:
-            _check_int("n_val", self.n_val, low=1)
-        _check_int("n_seeds", self.n_seeds, low=1)
-        for name in ("patience", "pretrain_patience"):
+        _check_R_list("R_list", self.R_list)
+        check_int(self.n_train, "n_train", low=1)
+        for name in ("n_test", "n_val", "patience", "pretrain_patience", "num_threads"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), low=1)
+                check_int(getattr(self, name), name, low=1)
+        check_int(self.n_seeds, "n_seeds", low=1)
         for name in ("lr_grid_pretrain", "lr_grid"):
             if getattr(self, name) is not None:
-                setattr(self, name, _check_float_list(name, getattr(self, name)))
-        _check_int("n_subnets", self.n_subnets, low=1)
-        _check_int("width", self.width, low=1)
-        _check_int("depth", self.depth, low=1)
-        _check_int("epochs", self.epochs, low=1)
-        _check_int("ft_epochs", self.ft_epochs, low=0)
+                _check_float_list(name, getattr(self, name))
+        for name in ("n_subnets", "width", "depth", "epochs", "batch_size", "ft_batch_size", "n_masks"):
+            check_int(getattr(self, name), name, low=1)
+        check_int(self.ft_epochs, "ft_epochs", low=0)
         for name in ("lr_pretrain", "lr_finetune", "lr_scratch"):
-            _check_pos_float(name, getattr(self, name))
-        _check_int("batch_size", self.batch_size, low=1)
-        _check_int("ft_batch_size", self.ft_batch_size, low=1)
-        _check_int("n_masks", self.n_masks, low=1)
-        for name in ("natural_dir", "t1_dir", "t2_dir", "fastmri_dir", "output_dir"):
+            check_float(getattr(self, name), name, low=0.0, low_open=True)
+        for name in self._PATH_FIELDS:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
-                v = str(v)
-                setattr(self, name, v)
-        if self.num_threads is not None:
-            _check_int("num_threads", self.num_threads, low=1)
+                raise TypeError(f"{name}: expected a folder (str) or None, got {type(v).__name__} {v!r}")
         self._validate_study()
         return self
 
@@ -337,6 +359,8 @@ class TransferConfig(StudyConfig):
     cs_iter_grid: tuple[int, ...] = (80, 300)
 
     study: ClassVar[str] = "transfer"
+    _LIST_FIELDS: ClassVar[tuple[str, ...]] = StudyConfig._LIST_FIELDS + ("targets", "sources", "cs_lam_grid",
+                                                                          "cs_iter_grid")
 
     @classmethod
     def _tiny(cls) -> dict:
@@ -347,22 +371,17 @@ class TransferConfig(StudyConfig):
         return dict(StudyConfig._full(), targets=("t1", "t2"), n_tune=20)
 
     def _validate_study(self) -> None:
-        if isinstance(self.targets, str):
-            self.targets = (self.targets,)
-        if isinstance(self.sources, str):
-            self.sources = (self.sources,)
         for name, vals in (("targets", self.targets), ("sources", self.sources)):
-            if not vals:
+            if not isinstance(vals, (list, tuple)) or not vals:
                 raise _err(name, "a non-empty list of domains", vals)
             for v in vals:
                 if v not in _DOMAINS:
                     raise _err(name, f"domains from {_DOMAINS}", list(vals))
-        _check_int("n_tune", self.n_tune, low=1)
-        self.cs_iter_grid = _check_int_list("cs_iter_grid", self.cs_iter_grid, low=1)
-        self.cs_lam_grid = _check_float_list("cs_lam_grid", self.cs_lam_grid, low_open=False)
+        check_int(self.n_tune, "n_tune", low=1)
+        _check_int_list("cs_iter_grid", self.cs_iter_grid, low=1)
+        _check_float_list("cs_lam_grid", self.cs_lam_grid, low_open=False)
         for name in ("scratch", "cs"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+            check_bool(getattr(self, name), name)
 
 
 @dataclass
@@ -382,15 +401,17 @@ class SweepConfig(StudyConfig):
 
     target: str = "t1"
     source: str = "natural"
-    n_train_list: tuple[int, ...] = (20, 80)
+    n_train_list: tuple[int, ...] = (32, 128)
     n_tune_list: tuple[int, ...] = (0, 2, 4, 8, 20)
     reference_n_train: int | None = None
     reference_n_tune: int = 20
     scratch: bool = True
     tol: float = 5e-4
-    R_list: tuple[int, ...] = (4,)
+    R_list: tuple[int, ...] = (DEFAULT_R,)
 
     study: ClassVar[str] = "sweep"
+    _LIST_FIELDS: ClassVar[tuple[str, ...]] = StudyConfig._LIST_FIELDS + ("n_train_list",)
+    _SORTED_FIELDS: ClassVar[tuple[str, ...]] = ("n_tune_list",)
 
     @classmethod
     def _tiny(cls) -> dict:
@@ -398,7 +419,7 @@ class SweepConfig(StudyConfig):
 
     @classmethod
     def _small(cls) -> dict:
-        return dict(R_list=(4,), n_train_list=(32, 128))
+        return dict()  # the class defaults: SweepConfig() == SweepConfig.small()
 
     @classmethod
     def _full(cls) -> dict:
@@ -409,14 +430,13 @@ class SweepConfig(StudyConfig):
         for name in ("target", "source"):
             if getattr(self, name) not in _DOMAINS:
                 raise _err(name, f"one of {_DOMAINS}", getattr(self, name))
-        self.n_train_list = _check_int_list("n_train_list", self.n_train_list, low=1)
-        self.n_tune_list = tuple(sorted(_check_int_list("n_tune_list", self.n_tune_list, low=0)))
+        _check_int_list("n_train_list", self.n_train_list, low=1)
+        _check_int_list("n_tune_list", self.n_tune_list, low=0)
         if self.reference_n_train is not None:
-            _check_int("reference_n_train", self.reference_n_train, low=1)
-        _check_int("reference_n_tune", self.reference_n_tune, low=0)
-        _check_pos_float("tol", self.tol)
-        if not isinstance(self.scratch, bool):
-            raise TypeError(f"scratch: expected a bool, got {self.scratch!r}")
+            check_int(self.reference_n_train, "reference_n_train", low=1)
+        check_int(self.reference_n_tune, "reference_n_tune", low=0)
+        check_float(self.tol, "tol", low=0.0, low_open=True)
+        check_bool(self.scratch, "scratch")
 
 
 @dataclass
@@ -454,9 +474,12 @@ class MulticoilConfig(StudyConfig):
     patience: int | None = 8
     lr_grid_pretrain: tuple[float, ...] | None = (1e-3, 3e-3)
     lr_grid: tuple[float, ...] | None = (1e-3, 3e-3)
-    R_list: tuple[int, ...] = (4,)
+    R_list: tuple[int, ...] = (DEFAULT_R,)
 
     study: ClassVar[str] = "multicoil"
+    _LIST_FIELDS: ClassVar[tuple[str, ...]] = StudyConfig._LIST_FIELDS + ("spirit_kernel_grid", "spirit_lam_grid",
+                                                                          "spirit_iter_grid")
+    _SORTED_FIELDS: ClassVar[tuple[str, ...]] = ("n_tune_list",)
 
     @classmethod
     def _tiny(cls) -> dict:
@@ -474,13 +497,13 @@ class MulticoilConfig(StudyConfig):
                     n_tune_list=(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100))
 
     def _validate_study(self) -> None:
-        _check_int("coils", self.coils, low=1)
-        _check_int("n_train_target", self.n_train_target, low=1)
-        self.n_tune_list = tuple(sorted(_check_int_list("n_tune_list", self.n_tune_list, low=0)))
-        self.spirit_lam_grid = _check_float_list("spirit_lam_grid", self.spirit_lam_grid, low_open=False)
-        self.spirit_iter_grid = _check_int_list("spirit_iter_grid", self.spirit_iter_grid, low=1)
-        self.spirit_kernel_grid = _check_int_list("spirit_kernel_grid", self.spirit_kernel_grid, low=1)
-        _check_int("kernel_size", self.kernel_size, low=1)
+        check_int(self.coils, "coils", low=1)
+        check_int(self.n_train_target, "n_train_target", low=1)
+        _check_int_list("n_tune_list", self.n_tune_list, low=0)
+        _check_float_list("spirit_lam_grid", self.spirit_lam_grid, low_open=False)
+        _check_int_list("spirit_iter_grid", self.spirit_iter_grid, low=1)
+        _check_int_list("spirit_kernel_grid", self.spirit_kernel_grid, low=1)
+        check_int(self.kernel_size, "kernel_size", low=1)
         for k in (self.kernel_size, *self.spirit_kernel_grid):
             if k % 2 == 0:
                 raise _err("kernel_size" if k == self.kernel_size else "spirit_kernel_grid", "odd kernel sizes", k)
