@@ -127,6 +127,10 @@ def describe_error(exc: BaseException, args: argparse.Namespace | None = None) -
         return _one_line(f"a notebook cell failed: {getattr(exc, 'ename', '')}: "
                          f"{_first_line(Exception(getattr(exc, 'evalue', '')))}"), 2
 
+    # a missing optional dependency whose message says what to install (e.g. the mrtl[book] extra)
+    if isinstance(exc, ImportError) and "pip install" in str(exc):
+        return _one_line(str(exc)), 2
+
     # files that cannot be read
     if _is_checkpoint_read(exc) and not isinstance(exc, (MemoryError, FileNotFoundError, PermissionError)):
         # whatever torch.load raises on a damaged file (UnpicklingError, EOFError, RuntimeError

@@ -13,15 +13,17 @@ Conventions:
       even ``calib`` this is exactly the square ``sigpy.mri.poisson`` fills.
     * The acceleration R is ``H * W / (number of sampled points)``.
 
-Poisson-disc masks come from sigpy's Bridson sampler (``sigpy.mri.samp._poisson``, the
-numba kernel behind ``sigpy.mri.poisson``), with sigpy's density law: the minimum distance
+Poisson-disc masks come from mrtl's own numba kernel (dart throwing: random sequential
+addition over the k-space grid, :func:`_poisson_raw`), not from sigpy's Bridson sampler, but
+with sigpy's density law (``sigpy.mri.poisson``): the minimum distance
 between samples grows as ``1 + s r`` with the k-space radius ``r`` beyond the calibration
 square (``r = 1`` at the edge; corners beyond ``r = 1`` are left empty, as sigpy's
 ``crop_corner=True``). sigpy's own acceleration drifts by up to its ``tol``; here the slope
 ``s`` is calibrated once per (shape, R, calib) by bisection on a fixed calibration seed, and
 every mask is then brought to exactly ``round(H * W / R)`` samples by adding samples with
 probability proportional to the local density (or removing samples uniformly), so the
-achieved R is within rounding of the request (far inside the 5% the issue demands).
+achieved R is within rounding of the request (far inside the 5% that ``MaskBank``'s contract in
+CONTRIBUTING.md allows).
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def _poisson_raw(h: int, w: int, calib: int, slope: float, seed: int, max_attemp
     random order and accepted when no accepted sample lies within the elliptical radius
     ``(1 + slope r) * (W, H) / max(H, W)`` (at least 1) -- sigpy's density law. The
     calibration square is placed first, so samples keep their distance from it as well.
-    ``max_attempts`` is accepted for API compatibility with sigpy and not needed here.
+    ``max_attempts`` has no effect (see :func:`poisson_disc`).
     """
     r = _radius_map(h, w, calib)
     radius_x = (_OFFSET + r * slope) * w / max(h, w)
@@ -256,8 +258,10 @@ def poisson_disc(shape, acceleration, calib=None, seed: int = 0, max_attempts: i
         calib: side of the fully sampled centre square; default :func:`default_calib`.
             The square alone must not exceed the requested number of samples.
         seed: non-negative integer; same seed, same mask.
-        max_attempts: Bridson's number of candidate points per active sample (sigpy's
-            ``max_attempts``).
+        max_attempts: has no effect (checked, then ignored). It was Bridson's number of
+            candidate points per active sample in sigpy's sampler; mrtl's dart-throwing kernel
+            visits every pixel once instead, so there is nothing to attempt. Kept so that
+            existing calls still work.
 
     Returns:
         ``(H, W)`` boolean tensor, DC at ``(H // 2, W // 2)`` as in :func:`mrtl.fft.fft2c`.

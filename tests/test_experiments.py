@@ -555,6 +555,54 @@ def test_reproduce_checks_parameters_before_running(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_reproduce_without_the_book_extra_names_it(tmp_path, monkeypatch, capsys):
+    """papermill/jupytext come with the mrtl[book] extra, not with pip install mrtl: without them
+    mrtl reproduce stops at once with one line naming the extra (it used to fail deep inside the
+    run as an 'internal error')."""
+    import sys
+
+    from mrtl.cli import main
+    from mrtl.experiments import run_study
+
+    monkeypatch.setitem(sys.modules, "papermill", None)  # import papermill raises ImportError
+    rc = main(["reproduce", "--study", "transfer", "--scale", "tiny", "--results-root", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mrtl[book]" in err and "papermill" in err and "internal error" not in err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ImportError, match=r"mrtl\[book\]"):
+        run_study("transfer", "tiny", results_root=tmp_path / "r")
+    monkeypatch.setitem(sys.modules, "jupytext", None)
+    with pytest.raises(ImportError, match="papermill and jupytext"):
+        run_study("transfer", "tiny", results_root=tmp_path / "r")
+
+
+def test_reproduce_finds_the_repository_by_its_files(tmp_path, monkeypatch, capsys):
+    """The repository is the folder holding pyproject.toml, mrtl/ and book/experiments/: above the
+    package, else the working directory or a parent; otherwise a clear error (it used to take the
+    package's grandparent blindly)."""
+    from mrtl.cli import main
+    from mrtl.experiments import runner
+
+    assert runner.find_repo_root() == ROOT
+    monkeypatch.setattr(runner, "__file__", str(tmp_path / "site-packages" / "mrtl" / "experiments" / "runner.py"))
+    monkeypatch.chdir(tmp_path)
+    assert runner.find_repo_root() is None
+    with pytest.raises(FileNotFoundError, match="no mrtl repository found"):
+        runner.repo_root(required=True)
+    assert runner.repo_root() == tmp_path / "site-packages"  # only where results would be looked up
+    rc = main(["reproduce", "--study", "transfer", "--scale", "tiny", "--results-root", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no mrtl repository found" in err and "book/experiments" in err
+    clone = tmp_path / "clone"
+    (clone / "mrtl").mkdir(parents=True)
+    (clone / "mrtl" / "__init__.py").write_text("")
+    (clone / "book" / "experiments" / "x").mkdir(parents=True)
+    assert runner.find_repo_root(clone / "book") is None  # no pyproject.toml: not the repository
+    (clone / "pyproject.toml").write_text("")
+    monkeypatch.chdir(clone / "book" / "experiments" / "x")
+    assert runner.find_repo_root() == clone
+
+
 def test_reproduce_refuses_a_run_in_progress(tmp_path):
     fcntl = pytest.importorskip("fcntl", reason="run locking uses POSIX flock")
     from mrtl.experiments import run_study

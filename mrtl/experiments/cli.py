@@ -20,8 +20,10 @@ def _positive_int(text: str) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .runner import NOTEBOOKS, check_parameters, parse_parameters, run_study
+    from .runner import NOTEBOOKS, check_parameters, parse_parameters, repo_root, require_book_extra, run_study
 
+    require_book_extra()  # papermill/jupytext: the mrtl[book] extra
+    repo_root(required=True)  # the study notebooks live in the repository
     params = parse_parameters(args.parameters)
     studies = list(NOTEBOOKS) if args.study == "all" else [args.study]
     if args.output is not None and len(studies) > 1:

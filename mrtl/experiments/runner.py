@@ -30,6 +30,7 @@ import dataclasses
 import datetime as _dt
 import errno
 import glob
+import importlib
 import json
 import os
 import re
@@ -43,7 +44,7 @@ from typing import Any
 
 from ..utils import _pid_alive, atomic_write_text, clean_stale_temps, is_stale_temp
 
-__all__ = ["NOTEBOOKS", "repo_root", "notebook_path", "collect_manifest", "run_study", "parse_parameters",
+__all__ = ["NOTEBOOKS", "REPO_MARKERS", "repo_root", "find_repo_root", "require_book_extra", "notebook_path", "collect_manifest", "run_study", "parse_parameters",
            "default_results_root", "check_parameters", "notebook_parameters", "read_manifest", "is_run_folder",
            "foreign_files", "StudyFailed"]
 
@@ -53,9 +54,70 @@ _PACKAGES = ("mrtl", "torch", "numpy", "scipy", "sigpy", "PyWavelets", "scikit-i
              "papermill", "jupytext", "nibabel", "h5py")
 
 
-def repo_root() -> Path:
-    """The repository holding the ``mrtl`` package (editable install / source checkout)."""
+#: What makes a folder the mrtl repository: the package, the project file and the study notebooks.
+REPO_MARKERS = ("pyproject.toml", "mrtl/__init__.py", "book/experiments")
+
+
+def _is_repo(folder: Path) -> bool:
+    return all((folder / m).exists() for m in REPO_MARKERS)
+
+
+def find_repo_root(start: Path | None = None) -> Path | None:
+    """The mrtl repository (a folder with every one of :data:`REPO_MARKERS`), or None.
+
+    Looked for, in this order: the folder above the imported ``mrtl`` package (a source checkout
+    or an editable install), then ``start`` (default: the working directory) and its parents (a
+    plain ``pip install mrtl`` used from inside a clone).
+    """
+    package_parent = Path(__file__).resolve().parents[2]
+    here = Path.cwd() if start is None else Path(start)
+    here = here.expanduser().resolve()
+    for folder in (package_parent, here, *here.parents):
+        if _is_repo(folder):
+            return folder
+    return None
+
+
+def repo_root(required: bool = False) -> Path:
+    """The repository holding the ``mrtl`` package (see :func:`find_repo_root`).
+
+    Args:
+        required: raise if there is none (``mrtl reproduce`` needs the study notebooks). When
+            False, a plain install without a clone gets the folder above the package, where
+            nothing is checked in (so checked-in results are not found and studies run).
+
+    Raises:
+        FileNotFoundError: ``required`` and no folder with :data:`REPO_MARKERS` was found.
+    """
+    found = find_repo_root()
+    if found is not None:
+        return found
+    if required:
+        raise FileNotFoundError(
+            f"no mrtl repository found: neither the folder above the installed package "
+            f"({Path(__file__).resolve().parents[2]}) nor the working directory ({Path.cwd()}) or its parents "
+            f"hold {', '.join(REPO_MARKERS)}. mrtl reproduce runs the study notebooks of the repository: "
+            f"clone it (git clone https://github.com/mrtl-project/mrtl), cd into it and run pip install -e '.[book]'")
     return Path(__file__).resolve().parents[2]
+
+
+def require_book_extra() -> None:
+    """Check that the notebook tools of ``mrtl reproduce`` (papermill, jupytext) import.
+
+    Raises:
+        ImportError: one is missing; the message names the ``mrtl[book]`` extra that brings them
+            (``pip install mrtl`` alone does not).
+    """
+    missing = []
+    for mod in ("papermill", "jupytext"):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise ImportError(f"mrtl reproduce needs {' and '.join(missing)} (the notebook runner), which "
+                          f"'pip install mrtl' does not bring: pip install 'mrtl[book]' (or pip install "
+                          f"{' '.join(missing)})")
 
 
 def default_results_root() -> Path:
@@ -65,7 +127,7 @@ def default_results_root() -> Path:
 def notebook_path(study: str) -> Path:
     if study not in NOTEBOOKS:
         raise ValueError(f"study: expected one of {sorted(NOTEBOOKS)}, got {study!r}")
-    p = repo_root() / NOTEBOOKS[study]
+    p = repo_root(required=True) / NOTEBOOKS[study]
     if not p.exists():
         raise FileNotFoundError(f"notebook {p} not found: run from a clone of the mrtl repository")
     return p
@@ -300,6 +362,7 @@ def _find_unfinished(tmp_root: Path, study: str, scale: str) -> Path | None:
 
 def notebook_parameters(study: str) -> dict[str, str]:
     """The names in the notebook's cell tagged ``parameters`` (name -> the line that sets it)."""
+    require_book_extra()
     import jupytext
 
     nb = jupytext.read(notebook_path(study))
@@ -411,6 +474,7 @@ def run_study(study: str, scale: str = "small", parameters: dict | None = None, 
 
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
+    require_book_extra()
     src = notebook_path(study)
     params_in = dict(parameters or {})
     check_parameters(study, scale, params_in)
