@@ -29,7 +29,8 @@ Tables: :func:`summarize` groups per-image records and reports ``<metric>_mean``
 ``<metric>_std`` (sample standard deviation, ``ddof=1``: the spread across test images) and
 ``n``; :func:`format_table` renders them as a markdown table with "mean ± std" cells;
 :func:`paired_difference` gives the mean and std of per-image differences between two methods
-evaluated on the same images (more informative than comparing two means, see DESIGN.md).
+evaluated on the same images (more informative than comparing two means: the image-to-image
+spread cancels in the difference).
 """
 
 from __future__ import annotations
@@ -464,7 +465,8 @@ def paired_difference(a, b, ddof: int = 1) -> PairedDifference:
 
     Both methods must be evaluated on the same images in the same order (e.g. the PSNR of a
     fine-tuned network and of CS on each test slice). The spread of paired differences is
-    much smaller than the spread of either method across images (DESIGN.md), so this is the
+    much smaller than the spread of either method across images (both methods find the same
+slices hard), so this is the
     number to report when comparing methods.
 
     Args:

@@ -144,7 +144,7 @@ def test_colin27_slabs_have_gaps_of_at_least_10_slices():
         others = np.concatenate([z[s] for s in SPLITS if s != held])
         gap = np.abs(z[held][:, None] - others[None, :]).min()
         assert gap >= 10, f"{held} slab is only {gap} slices from another split"
-    # fine-tuning slices are spread over the training range (DESIGN.md), not one slab
+    # fine-tuning slices are spread over the training range, not one slab
     train = z["train"]
     assert z["tune"].min() < np.percentile(train, 10) and z["tune"].max() > np.percentile(train, 90)
     assert not set(z["tune"]) & set(train)

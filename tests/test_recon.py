@@ -2,7 +2,7 @@
 
 Real data: axial slices of the bundled Colin27 T1 template (``data/t1_colin27.npz``, a real
 single-subject T1 acquisition), centre-cropped to 128 x 128 to keep the suite fast, scaled
-so that the 99th percentile of the magnitude is 1 (DESIGN.md). Masks: sigpy's Poisson-disc
+so that the 99th percentile of the magnitude is 1 (mrtl's normalisation convention). Masks: sigpy's Poisson-disc
 sampler (an independent reference for the sampling), R = 4, 20 x 20 calibration square.
 """
 

@@ -80,6 +80,6 @@ def load_or_run(cfg: StudyConfig, recompute: bool = False) -> StudyResult:
     d = checked_in_dir(cfg.study)
     if not recompute and cfg.scale == "small" and (d / f"{cfg.study}.csv").exists():
         res = read_results(d, cfg.study)
-        res.extra.setdefault("loaded_from", str(d))
+        res.extra.setdefault("loaded_from", d.relative_to(repo_root()).as_posix())
         return res
     return run(cfg)

@@ -81,8 +81,8 @@ class Subset(torch.utils.data.Dataset):
 def spread(n_avail: int, n: int | None) -> list[int]:
     """``n`` indices spread evenly over ``range(n_avail)`` (all of them if ``n`` is None or larger).
 
-    Evenly spread subsets keep fine-tuning slices spread over the training range (DESIGN.md:
-    a contiguous slab next to the test slab biases the comparison)."""
+    Evenly spread subsets keep fine-tuning slices spread over the training range (a contiguous
+    slab next to the test slab would bias the comparison)."""
     if n is None or n >= n_avail:
         return list(range(n_avail))
     if n <= 0:
