@@ -209,9 +209,28 @@ def psnr(recon, *args, ref=None, data_range=None) -> torch.Tensor:
     """
     ref = _keyword_ref("psnr", args, ref)
     x, y, single = _prepare(recon, ref)
-    dr = _data_range(data_range, y)
+    return _finish(psnr_magnitudes(x, y, _data_range(data_range, y)), single)
+
+
+def psnr_magnitudes(x: torch.Tensor, y: torch.Tensor, data_range=None, min_mse: float = 0.0) -> torch.Tensor:
+    """The formula of :func:`psnr` on magnitudes already prepared, without input checks.
+
+    For training loops (``mrtl.train`` scores every validation batch with it): a NaN output must
+    give a NaN score, which the divergence guard reads, not an error.
+
+    Args:
+        x, y: float64 magnitudes ``(B, H, W)`` of the reconstruction and the reference.
+        data_range: ``(B,)`` float64, or None for ``max - min`` of each reference.
+        min_mse: floor of the mean squared error (0: none, identical images give ``inf``).
+
+    Returns:
+        float64 tensor ``(B,)``.
+    """
+    dr = _range(y) if data_range is None else data_range
     mse = ((x - y) ** 2).mean(dim=(-2, -1))
-    return _finish(10 * torch.log10(dr**2 / mse), single)
+    if min_mse > 0:
+        mse = mse.clamp_min(min_mse)
+    return 10 * torch.log10(dr**2 / mse)
 
 
 def nrmse(recon, *args, ref=None) -> torch.Tensor:

@@ -201,12 +201,13 @@ def _cmd_evaluate(args) -> int:
     recs = evaluate(model, ds, batch_size=args.batch_size)
     import pandas as pd
 
+    from .metrics import summarize
+
     df = pd.DataFrame(recs)
-    rows = []
-    for name, col in (("network", ""), ("zero-filled", "_zf")):
-        rows.append(dict(method=name, psnr_mean=df["psnr" + col].mean(), psnr_std=df["psnr" + col].std(ddof=0),
-                         ssim_mean=df["ssim" + col].mean(), ssim_std=df["ssim" + col].std(ddof=0), n=len(df)))
-    table = pd.DataFrame(rows).set_index("method")
+    long = [dict(method=name, psnr=r["psnr" + col], ssim=r["ssim" + col])
+            for name, col in (("network", ""), ("zero-filled", "_zf")) for r in recs]
+    # the spread over the evaluated images themselves (population std, ddof 0), as before
+    table = summarize(long, by="method", ddof=0).set_index("method")
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     if args.output:
         df.to_csv(args.output, index=False)

@@ -400,9 +400,9 @@ def test_kill_at_every_write_boundary_then_resume_gives_the_uninterrupted_files(
     the files of an uninterrupted run, byte for byte, and the same weights. Regression: a kill
     after the last checkpoint but before ``best_<phase>.pt`` left the last subnetwork at its
     random initialisation in ``best_pretrain.pt`` and never wrote ``best_finetune.pt``."""
-    import mrtl.train
+    import mrtl.train.trainer
 
-    monkeypatch.setattr(mrtl.train, "time", _FrozenClock)
+    monkeypatch.setattr(mrtl.train.trainer, "time", _FrozenClock)
     with monkeypatch.context() as mp:
         count = _count_writes(mp)
         ref_model = _pipeline(tmp_path / "ref", phase)
@@ -612,3 +612,64 @@ def test_amp_path_runs_on_cpu(coils):
     if coils == "single":
         assert torch.allclose(fft2c(out)[d.mask], d.kspace[d.mask], atol=1e-4 * float(d.kspace.abs().max()))
     hook.remove()
+
+
+# ---------------------------------------------------------------- the package's shared pieces
+def test_settings_object_matches_both_signatures():
+    """train_sequential and finetune share TrainSettings: every keyword of either is a field
+    (epochs_per_subnet/epochs -> epochs), with the same default, and the config keys
+    (TRAIN_KEYS/FINETUNE_KEYS) are read from the signatures instead of being typed twice."""
+    import dataclasses
+    import inspect
+
+    from mrtl.train import FINETUNE_KEYS, TRAIN_KEYS, TrainSettings
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    pretrain_only = {"cache_prefix", "stages", "resample_masks"}
+    for fn, epochs_key, keys in ((train_sequential, "epochs_per_subnet", TRAIN_KEYS), (finetune, "epochs", FINETUNE_KEYS)):
+        params = inspect.signature(fn).parameters
+        args = [k for k in params if k not in ("model", "train_set", "tune_set", "val_set")]
+        assert tuple(a for a in args if a != "callback") == keys
+        named = {("epochs" if a == epochs_key else a) for a in args}
+        assert named <= set(fields), named - set(fields)
+        assert set(fields) - named <= pretrain_only
+        for a in args:
+            f = "epochs" if a == epochs_key else a
+            if f not in ("epochs", "lr"):  # these two have per-phase defaults (PAPER)
+                assert params[a].default == fields[f], (fn.__name__, a)
+
+
+def test_validation_psnr_is_the_metrics_formula():
+    """The trainer's validation PSNR is mrtl.metrics.psnr (one implementation), except that a NaN
+    output scores NaN (the divergence guard reads it) instead of raising."""
+    from mrtl.metrics import psnr
+    from mrtl.train.trainer import _psnr_batch
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(3, 16, 16, generator=g, dtype=torch.float32) + 1j * torch.randn(3, 16, 16, generator=g)
+    out = ref + 0.1 * torch.randn(3, 16, 16, generator=g, dtype=torch.complex64)
+    assert torch.equal(_psnr_batch(out, ref), psnr(out, ref=ref))
+    bad = out.clone()
+    bad[1, 0, 0] = float("nan")
+    got = _psnr_batch(bad, ref)
+    assert torch.isnan(got[1]) and torch.isfinite(got[[0, 2]]).all()
+
+
+def test_checked_in_checkpoint_still_loads():
+    """The checkpoint format (CKPT_FORMAT) is unchanged: the training checkpoint checked in under
+    results/small/sweep/checkpoints/ (written before mrtl.train became a package) loads, rebuilds
+    its cascade and reconstructs finite images."""
+    from pathlib import Path
+
+    from mrtl.train import CKPT_FORMAT, model_from_checkpoint
+
+    root = Path(__file__).resolve().parents[1] / "results" / "small" / "sweep" / "checkpoints"
+    files = sorted(root.rglob("checkpoint_*.pt"))
+    assert files, "no checked-in checkpoint found under results/small/sweep/checkpoints"
+    ck = load_checkpoint(files[0])
+    assert ck["format"] == CKPT_FORMAT and {"optimizer", "rng", "phase", "epoch", "history"} <= set(ck)
+    model = model_from_checkpoint(ck)
+    k = fft2c(torch.rand(1, 64, 64).to(torch.complex64))
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[:, ::2] = True
+    assert torch.isfinite(reconstruct(model, k, mask).abs()).all()

@@ -14,6 +14,7 @@ from .loaders import CoilRecord, FastMRIFolder, NiftiFolder, PhotoFolder, crop_o
 from .show import info, show_examples
 from .simulate import add_sinusoidal_phase, coil_map_bank, compress_maps, sinusoidal_phase
 from .sources import DOMAINS, SPLITS, BundledSource, ImageRecord, bundled, data_dir, manifest, normalize, resize, split_by_subject
+from .train_data import TrainData, as_train_data
 
 __all__ = [
     "ImageRecord",
