@@ -523,3 +523,11 @@ def make_config(study: str, scale: str = "small", **overrides) -> StudyConfig:
     cls = _BY_STUDY[study]
     kw = {k: v for k, v in overrides.items() if v is not None}
     return cls.preset(scale, **kw)
+
+
+# The data-efficiency study (beyond the paper: self-supervised and parameter-efficient
+# fine-tuning) keeps its config in its own module; registered here so make_config knows it.
+from .efficiency_config import EfficiencyConfig  # noqa: E402
+
+_BY_STUDY["efficiency"] = EfficiencyConfig
+STUDIES = STUDIES + ("efficiency",)
