@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..models import Cascade
-from ..utils import atomic_save_torch
+from ..utils import atomic_save_torch, seed_everything
 
 __all__ = ["CKPT_FORMAT", "ARCH_LIMITS", "save_model", "load_checkpoint", "load_model", "model_from_checkpoint",
            "training_checkpoint", "save_torch", "rng_state", "set_rng_state", "seed_all", "load_resume"]
@@ -68,12 +68,10 @@ def set_rng_state(s: dict):
 
 
 def seed_all(seed: int, state: Optional[dict] = None) -> None:
-    """Seed the torch, numpy and python global RNGs from ``seed`` (the one seeding point of
-    training), then, when resuming, continue the streams where the interrupted run was
-    (``state`` from :func:`rng_state`)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    """Seed the torch, numpy and python global RNGs from ``seed`` (:func:`mrtl.utils.seed_everything`,
+    the one seeding point of training), then, when resuming, continue the streams where the
+    interrupted run was (``state`` from :func:`rng_state`)."""
+    seed_everything(seed)
     if state is not None:
         set_rng_state(state)
 
