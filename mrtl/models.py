@@ -484,6 +484,22 @@ class Cascade(nn.Module):
     def _check_p(self, p):
         return check_int(p, "p", low=1, high=self.n_subnets)
 
+    def use_amp(self, amp: Optional[bool]) -> None:
+        """bf16 autocast of the subnetworks on (True) or off (False); None leaves it as it is.
+        The DC/CC layers always stay in float32/complex64."""
+        if amp is not None:
+            self.autocast_dtype = torch.bfloat16 if amp else None
+
+    def remember_training_data(self, image_shape=None, input_p99=None) -> None:
+        """Record the training image size and input scale (the median 99th percentile of ``|x_u|``
+        that ``mrtl.train.reconstruct`` restores); None leaves a value as it is, an input scale
+        that is not a finite positive number is dropped."""
+        if image_shape is not None:
+            self.image_shape = tuple(image_shape)
+        if input_p99 is not None:
+            ok = isinstance(input_p99, (int, float)) and math.isfinite(input_p99) and input_p99 > 0
+            self.input_p99 = float(input_p99) if ok else None
+
     # -- validation ----------------------------------------------------------------------------
     def _check_inputs(self, x_u, kspace, mask, maps, G_img):
         x_u, kspace, mask, maps = _check_data(x_u, kspace, mask, maps, x_name="x_u")

@@ -175,9 +175,7 @@ def model_from_checkpoint(ckpt: dict) -> Cascade:
     _check_finite_weights(ckpt)
     model = Cascade(**ckpt["arch"])
     model.load_state_dict(ckpt["model"])
-    model.image_shape = tuple(ckpt["image_shape"]) if ckpt.get("image_shape") else None
-    p99 = ckpt.get("input_p99")
-    model.input_p99 = float(p99) if isinstance(p99, (int, float)) and np.isfinite(p99) and p99 > 0 else None
+    model.remember_training_data(image_shape=ckpt.get("image_shape") or None, input_p99=ckpt.get("input_p99"))
     return model
 
 

@@ -14,19 +14,12 @@ from ..metrics import psnr, ssim
 from ..models import Cascade
 from ..utils import get_device, progress
 
-__all__ = ["evaluate", "reconstruct", "MAX_RECON_PIXELS", "set_amp", "batch_indices"]
+__all__ = ["evaluate", "reconstruct", "MAX_RECON_PIXELS", "batch_indices"]
 
 #: Largest image (pixels per slice) :func:`reconstruct` accepts by default: 2048 x 2048. A pass
 #: of the paper's 64-channel cascade holds a few float32 activations of ``H x W x 64`` per image
 #: (about 3 GB at 4096 x 4096); pass ``max_pixels=None`` to go beyond.
 MAX_RECON_PIXELS = 2048 * 2048
-
-
-def set_amp(model: Cascade, amp: Optional[bool]) -> None:
-    """bf16 autocast of the subnetworks on (True) or off (False); None leaves the model as it is.
-    DC/CC layers always stay in float32/complex64."""
-    if amp is not None:
-        model.autocast_dtype = torch.bfloat16 if amp else None
 
 
 def batch_indices(n: int, batch_size: int, device):
@@ -54,7 +47,7 @@ def evaluate(model: Cascade, dataset, batch_size: int = 32, device=None, progres
     device = get_device(device)
     data = as_train_data(dataset, name="dataset")
     check_compatible(model, data, "dataset")
-    set_amp(model, amp)
+    model.use_amp(amp)
     model.to(device).eval()
     records = []
     with torch.no_grad():
@@ -154,7 +147,7 @@ def reconstruct(model: Cascade, kspace, mask, maps=None, G_img=None, batch_size:
         G_img = check_complex(G_img, "G_img", ndim=(4, 5))
         if G_img.ndim == 4:
             G_img = G_img[None].expand(kspace.shape[0], -1, -1, -1, -1)
-    set_amp(model, amp)
+    model.use_amp(amp)
     model.to(device).eval()
     outs = []
     with torch.no_grad():

@@ -29,7 +29,7 @@ from ..presets import PAPER
 from ..utils import atomic_write_text, get_device, progress
 from .checkpoint import load_resume, save_model, save_torch, seed_all, set_rng_state, training_checkpoint
 from .distributed import barrier, ddp_device, dist_info
-from .inference import batch_indices, set_amp
+from .inference import batch_indices
 from .loss import hybrid_loss
 
 __all__ = ["TrainSettings", "Trainer", "TrainingDiverged", "DIVERGENCE_DB", "train_sequential", "finetune",
@@ -553,7 +553,7 @@ def _setup(model, settings: TrainSettings):
         torch.backends.cudnn.allow_tf32 = bool(settings.tf32)
         torch.backends.cudnn.benchmark = True
     model.to(device)
-    set_amp(model, bool(settings.amp))  # CUDA and CPU alike (one code path)
+    model.use_amp(bool(settings.amp))  # CUDA and CPU alike (one code path)
     return device, rank, world
 
 
@@ -644,7 +644,7 @@ def train_sequential(
         check_compatible(model, val, "val_set")
         if val.shape != train.shape:
             raise ValueError(f"val_set: image size {val.shape} differs from train_set's {train.shape}")
-    model.input_p99 = input_p99(train)  # saved with the model; reconstruct() scales inputs to it
+    model.remember_training_data(input_p99=input_p99(train))  # saved with the model; reconstruct() scales inputs to it
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     ck = load_resume(out_dir, "pretrain", model, resume)
@@ -698,7 +698,7 @@ def train_sequential(
                 history=history, image_shape=train.shape, complete=done_stages >= set(stages),
                 done_stages=sorted(done_stages), summaries=dict(summaries), bests=dict(bests),
             ), Path(out_dir) / "checkpoint_pretrain.pt")
-    model.image_shape = train.shape
+    model.remember_training_data(image_shape=train.shape)
     barrier(world)
     return {"history": history, "best": bests, "stages": {k: summaries[k] for k in sorted(summaries)},
             "out_dir": None if out_dir is None else str(out_dir)}
@@ -748,7 +748,7 @@ def finetune(
     settings = settings.checked("epochs", val_set is not None)
     tune = _load_data(tune_set, "tune_set", model, device)
     val = None if val_set is None else _load_data(val_set, "val_set", model, device)
-    model.input_p99 = input_p99(tune)  # the target domain's input scale (see train_sequential)
+    model.remember_training_data(input_p99=input_p99(tune))  # the target domain's input scale (see train_sequential)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     ck = load_resume(out_dir, "finetune", model, resume)
@@ -757,14 +757,14 @@ def finetune(
         model.load_state_dict(ck["model"])
         history = list(ck["history"])
         if ck.get("complete"):
-            model.image_shape = tune.shape
+            model.remember_training_data(image_shape=tune.shape)
             return {"history": history, "best": None if ck.get("best_result") is None else tuple(ck["best_result"]),
                     "summary": ck.get("summary"), "out_dir": str(out_dir)}
     seed_all(seed)  # the Trainer continues the RNG streams of an interrupted run
     trainer = Trainer(model, phase="finetune", stage=0, settings=settings, train=tune, val=val, history=history,
                       device=device, rank=rank, world=world)
     best, summ = trainer.run(ck)
-    model.image_shape = tune.shape
+    model.remember_training_data(image_shape=tune.shape)
     best_result = None if best is None else (best["epoch"], best["metric"])
     if out_dir is not None and rank == 0:
         # derived files first, the completion checkpoint last (see train_sequential)
