@@ -5,7 +5,9 @@
 - :func:`ntune_sweep` (Figs. 4-5): PSNR against Ntune for several Ntrain, the in-domain
   reference, the from-scratch baseline and Ntune at convergence (0.05% rule);
 - :func:`multicoil_transfer` (Table 2, Figs. 6-7): synthetic multi-coil natural images ->
-  multi-coil T1, against a T1-trained network and L1-SPIRiT.
+  multi-coil T1, against a T1-trained network and L1-SPIRiT;
+- :func:`data_efficiency` (beyond the paper): test PSNR against Ntune for supervised
+  fine-tuning, SSDU, PEFT, from scratch, ZS-SSL and CS (:mod:`mrtl.experiments.efficiency`).
 
 Each takes a config (:mod:`mrtl.experiments.config`, presets ``tiny``/``small``/``full``),
 returns a :class:`StudyResult` and, when ``config.output_dir`` is set, writes the long-format
@@ -19,15 +21,15 @@ from pathlib import Path
 
 from .compare import (PAPER_HEADLINES, Comparison, compare, convergence_ntune, format_comparison, headline_numbers,
                       load_paper_table, side_by_side, sweep_convergence)
-from .config import MulticoilConfig, StudyConfig, SweepConfig, TransferConfig, make_config
+from .config import EfficiencyConfig, MulticoilConfig, StudyConfig, SweepConfig, TransferConfig, make_config
 from .plots import plot_curves, plot_multicoil, plot_sweep, plot_transfer
 from .results import (COLUMNS, StudyResult, bootstrap_ci, claim_table, paired_differences, read_results, seed_table,
                       stop_epochs, summarize_records, verdict, write_results)
 from .runner import collect_manifest, repo_root, run_study
 
 __all__ = [
-    "single_coil_transfer", "ntune_sweep", "multicoil_transfer", "run", "load_or_run", "checked_in_dir",
-    "StudyConfig", "TransferConfig", "SweepConfig", "MulticoilConfig", "make_config",
+    "single_coil_transfer", "ntune_sweep", "multicoil_transfer", "data_efficiency", "run", "load_or_run", "checked_in_dir",
+    "StudyConfig", "TransferConfig", "SweepConfig", "MulticoilConfig", "EfficiencyConfig", "make_config",
     "StudyResult", "COLUMNS", "summarize_records", "paired_differences", "write_results", "read_results",
     "compare", "Comparison", "format_comparison", "headline_numbers", "side_by_side", "sweep_convergence",
     "convergence_ntune", "load_paper_table", "PAPER_HEADLINES",
@@ -49,6 +51,10 @@ def __getattr__(name):  # the studies import torch-heavy modules lazily
         from .multicoil import multicoil_transfer
 
         return multicoil_transfer
+    if name == "data_efficiency":
+        from .efficiency import data_efficiency
+
+        return data_efficiency
     raise AttributeError(f"module 'mrtl.experiments' has no attribute {name!r}")
 
 
@@ -60,8 +66,10 @@ def run(cfg: StudyConfig) -> StudyResult:
         from .sweep import ntune_sweep as f
     elif isinstance(cfg, MulticoilConfig):
         from .multicoil import multicoil_transfer as f
+    elif isinstance(cfg, EfficiencyConfig):
+        from .efficiency import data_efficiency as f
     else:
-        raise TypeError(f"cfg: expected a TransferConfig, SweepConfig or MulticoilConfig, got {type(cfg).__name__}")
+        raise TypeError(f"cfg: expected a TransferConfig, SweepConfig, MulticoilConfig or EfficiencyConfig, got {type(cfg).__name__}")
     return f(cfg)
 
 

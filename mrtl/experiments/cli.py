@@ -71,7 +71,7 @@ def add_commands(sub) -> None:
                        description="Run the paper's studies (book/experiments/*.md) through papermill and store "
                                    "the executed notebook, results, figures and a manifest under "
                                    "results/<study>/<run-id>/.")
-    p.add_argument("--study", default="all", choices=["transfer", "sweep", "multicoil", "all"])
+    p.add_argument("--study", default="all", choices=["transfer", "sweep", "multicoil", "efficiency", "all"])
     p.add_argument("--scale", default="small", choices=["tiny", "small", "full"])
     p.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="notebook parameter (YAML value), e.g. -p R_list '[4, 8]' -p device cuda")

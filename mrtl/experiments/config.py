@@ -48,7 +48,8 @@ from typing import Any, ClassVar
 from .._validate import check_acceleration, check_bool, check_choice, check_float, check_int
 from ..presets import DEFAULT_R, PAPER, SMALL, SMALL_LR_GRID, SMALL_LR_GRID_PRETRAIN, STOPPING
 
-__all__ = ["StudyConfig", "TransferConfig", "SweepConfig", "MulticoilConfig", "make_config", "SCALES", "STUDIES"]
+__all__ = ["StudyConfig", "TransferConfig", "SweepConfig", "MulticoilConfig", "EfficiencyConfig", "make_config", "SCALES",
+           "STUDIES"]
 
 SCALES = ("tiny", "small", "full")
 STUDIES = ("transfer", "sweep", "multicoil")

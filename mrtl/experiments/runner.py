@@ -49,7 +49,7 @@ __all__ = ["NOTEBOOKS", "REPO_MARKERS", "repo_root", "find_repo_root", "require_
            "foreign_files", "StudyFailed"]
 
 NOTEBOOKS = {"transfer": "book/experiments/transfer.md", "sweep": "book/experiments/sweep.md",
-             "multicoil": "book/experiments/multicoil.md"}
+             "multicoil": "book/experiments/multicoil.md", "efficiency": "book/experiments/efficiency.md"}
 _PACKAGES = ("mrtl", "torch", "numpy", "scipy", "sigpy", "PyWavelets", "scikit-image", "pandas", "matplotlib",
              "papermill", "jupytext", "nibabel", "h5py")
 
@@ -412,9 +412,10 @@ def check_parameters(study: str, scale: str, parameters: dict) -> None:
 
 
 def _config_class(study: str):
-    from .config import MulticoilConfig, SweepConfig, TransferConfig
+    from .config import EfficiencyConfig, MulticoilConfig, SweepConfig, TransferConfig
 
-    return {"transfer": TransferConfig, "sweep": SweepConfig, "multicoil": MulticoilConfig}[study]
+    return {"transfer": TransferConfig, "sweep": SweepConfig, "multicoil": MulticoilConfig,
+            "efficiency": EfficiencyConfig}[study]
 
 
 class StudyFailed(RuntimeError):
