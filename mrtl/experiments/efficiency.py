@@ -325,6 +325,8 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
                                             lr=zs_lr[f"zsssl_{init}"], **_zs_summary(info)))
     for r in rows:
         r["seed"] = s
+    if "ssdu" in tr.lr:  # the curves at the learning rate chosen on the self-supervised validation loss
+        ss_curves = [c for c in ss_curves if c["lr"] == tr.lr["ssdu"]]
     return rows, tr, dict(lr=dict(tr.lr, **zs_lr), cs={str(R): p for R, p in cs_params.items()}), compute, \
         ss_curves, zs_info
 
