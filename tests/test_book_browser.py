@@ -49,10 +49,12 @@ MIN_FIGURES = {
     "book/04_data_consistency.html": 4,
     "book/05_transfer_learning.html": 5,
     "book/06_multicoil.html": 3,
-    "book/07_reproducing.html": 2,
+    "book/07_self_supervised.html": 4,
+    "book/08_reproducing.html": 2,
     "book/experiments/transfer.html": 2,
     "book/experiments/sweep.html": 2,
     "book/experiments/multicoil.html": 2,
+    "book/experiments/efficiency.html": 3,
 }
 SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
 

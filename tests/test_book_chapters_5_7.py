@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = {
     "book/05_transfer_learning.md": (["mrtl.data", "mrtl.train", "mrtl.recon", "mrtl.metrics", "mrtl.models"], ["5", "11", "16"]),
     "book/06_multicoil.md": (["mrtl.data", "mrtl.models", "mrtl.recon", "mrtl.train"], ["3", "13", "14", "17"]),
-    "book/07_reproducing.md": (["mrtl.experiments", "mrtl.data"], ["11"]),
+    "book/07_self_supervised.md": (["mrtl.selfsup", "mrtl.peft", "mrtl.train"], ["7", "10"]),
+    "book/08_reproducing.md": (["mrtl.experiments", "mrtl.data"], ["11"]),
 }
 
 

@@ -91,9 +91,10 @@ def _code(nb) -> str:
 
 def test_toc_lists_chapters_and_experiments():
     assert TOC["root"] == "book/intro"
-    assert len(CHAPTERS) == 7, CHAPTERS
-    assert [c.split("/")[1][:2] for c in CHAPTERS] == ["01", "02", "03", "04", "05", "06", "07"]
-    assert sorted(EXPERIMENTS) == ["book/experiments/multicoil", "book/experiments/sweep", "book/experiments/transfer"]
+    assert len(CHAPTERS) == 8, CHAPTERS
+    assert [c.split("/")[1][:2] for c in CHAPTERS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+    assert sorted(EXPERIMENTS) == ["book/experiments/efficiency", "book/experiments/multicoil", "book/experiments/sweep",
+                                   "book/experiments/transfer"]
     captions = [p.get("caption") for p in TOC["parts"]]
     assert "Experiments" in captions
 

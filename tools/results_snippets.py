@@ -1,11 +1,11 @@
 """Generate the README's results section and the book's results summary from the result files.
 
-No number about our results is typed by hand in the README or in chapter 7: both come from
+No number about our results is typed by hand in the README or in chapter 8: both come from
 ``results/small/<study>/`` (the long tables, the claims with their intervals and verdicts, the
 stop epochs, the validation choices and the manifests) through this script.
 
 - the README section between ``## Results at small scale`` and ``## Reading the course``;
-- ``results/small/summary.md``, which chapter 7 of the book displays.
+- ``results/small/summary.md``, which chapter 8 of the book displays.
 
 Usage::
 
@@ -218,7 +218,7 @@ def readme_section(results: Path = SMALL) -> str:
     L += _stops(tr["training"])
     L += ["", "Learning curves, per-seed tables, paired differences and the validation grids are in "
           "`results/small/*/` (`*_curves.png`, `*_training.csv`, `*_selections.csv`, `*_paired.csv`); "
-          "chapter 7 of the book discusses them and what differs from the paper. "
+          "chapter 8 of the book discusses them and what differs from the paper. "
           "`mrtl compare results/small/transfer/transfer.csv` puts our table beside the paper's at the same R.", ""]
     return "\n".join(L)
 
@@ -240,12 +240,12 @@ def _pending_section(sw: dict, mc: dict) -> str:
         L += _multicoil_md(mc["table"])
         L += [""]
         L += _claims_md(mc["claims"])
-    L += ["", "`results/small/summary.md` and chapter 7 of the book give the details.", ""]
+    L += ["", "`results/small/summary.md` and chapter 8 of the book give the details.", ""]
     return "\n".join(L)
 
 
 def summary(results: Path = SMALL) -> str:
-    """``results/small/summary.md``: what chapter 7 shows (the README section plus every
+    """``results/small/summary.md``: what chapter 8 shows (the README section plus every
     network's stop epochs and the multi-coil and sweep stop epochs)."""
     tr, sw, mc = (_load(results, s) for s in ("transfer", "sweep", "multicoil"))
     body = readme_section(results).split("\n", 1)[1]  # without the README heading
