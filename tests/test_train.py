@@ -673,3 +673,15 @@ def test_checked_in_checkpoint_still_loads():
     mask = torch.zeros(64, 64, dtype=torch.bool)
     mask[:, ::2] = True
     assert torch.isfinite(reconstruct(model, k, mask).abs()).all()
+
+
+@pytest.mark.parametrize("p99, expected", [(0.9, 0.9), (float("nan"), None), (-1.0, None), (0.0, None), ("0.9", None)])
+def test_checkpoint_input_scale_is_kept_only_when_usable(tmp_path, p99, expected):
+    """A model file's input scale (input_p99) is restored when it is a finite positive number and
+    dropped otherwise (reconstruct then scales inputs to 1), and the image size comes back."""
+    from mrtl.train import save_model
+
+    m = Cascade(n_subnets=1, width=4, depth=1, seed=0)
+    save_model(m, tmp_path / "m.pt", image_shape=(32, 32), extra={"input_p99": p99})
+    back = load_model(tmp_path / "m.pt")
+    assert back.input_p99 == expected and back.image_shape == (32, 32)

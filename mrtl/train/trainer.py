@@ -176,6 +176,8 @@ class Trainer:
         best: the best epoch so far (``score, metric, val_loss, val_psnr, epoch, state``) or None.
         start_epoch: the first epoch to run (after a resume, the epochs already done).
         base_psnr, base_loss: the starting point of the divergence guard.
+        initial_weights: the trained weights when :meth:`run` started (put back on divergence
+            when no epoch was better).
     """
 
     def __init__(self, model: Cascade, *, phase: str, stage: int, settings: TrainSettings, train: TrainData,
@@ -193,6 +195,7 @@ class Trainer:
         self.best: Optional[dict] = None
         self.start_epoch = 0
         self.base_psnr = self.base_loss = float("nan")
+        self.initial_weights: Optional[dict] = None  # the stage's weights when run() starts
 
         self.params = list(model.parameters() if self.p is None else model.stage_parameters(self.p))
         for q in model.parameters():
