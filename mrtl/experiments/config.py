@@ -40,9 +40,8 @@ class defaults of every config are its ``small`` preset (``SweepConfig() == Swee
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from .._validate import check_acceleration, check_bool, check_choice, check_float, check_int
