@@ -108,14 +108,18 @@ def _without_reference(data):
 
 # ------------------------------------------------------------------------ networks
 def _shipped(R: int, cfg: EfficiencyConfig):
-    """The repository's natural-image checkpoint for ``R`` (:mod:`mrtl.selfsup`)."""
+    """The repository's natural-image checkpoint for ``R`` (:mod:`mrtl.selfsup`); its
+    architecture must be the config's (the from-scratch cascade and ZS-SSL's random init are
+    built from the config, so every method has the same network)."""
     from .. import selfsup
 
     model = selfsup.load_pretrained(R)
-    arch = (model.n_subnets, model.subnets[0].width if hasattr(model.subnets[0], "width") else cfg.width)
-    if arch[0] != cfg.n_subnets:
-        raise ValueError(f"pretrained: the shipped R={R} checkpoint has {arch[0]} subnetworks, the config "
-                         f"{cfg.n_subnets}; set n_subnets/width/depth to the checkpoint's or pretrained='train'")
+    arch = getattr(model, "arch", {})
+    want = dict(n_subnets=cfg.n_subnets, width=cfg.width, depth=cfg.depth)
+    got = {k: arch.get(k) for k in want}
+    if got != want:
+        raise ValueError(f"pretrained: the shipped R={R} checkpoint is {got}, the config {want}; set "
+                         "n_subnets/width/depth to the checkpoint's or use pretrained='train'")
     return model
 
 
