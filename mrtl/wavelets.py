@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validate import _describe, as_tensor, check_finite, check_shape2d
+from .linops import LinearOperator
 
 __all__ = [
     "available_wavelets",
@@ -442,8 +443,9 @@ def waverec2(coeffs: Sequence, wavelet="db4") -> torch.Tensor:
     return _from_real_batch(_packed_inverse(pr, name, len(details)), is_c, lead)
 
 
-class WaveletTransform:
-    """Orthonormal multi-level 2D wavelet transform with coefficients packed in one array.
+class WaveletTransform(LinearOperator):
+    """Orthonormal multi-level 2D wavelet transform with coefficients packed in one array, as
+    a linear operator (:class:`mrtl.linops.LinearOperator`: ``.H``, ``.N``, ``@``).
 
     ``forward(x)`` equals ``pywt.coeffs_to_array(pywt.wavedec2(x, wavelet,
     mode="periodization", level=level))[0]`` for every 2D slice of ``x``; ``inverse`` is its
@@ -451,10 +453,17 @@ class WaveletTransform:
     inverse``). This is Psi in the L1 penalty R(x) of the CS and L1-SPIRiT objectives
     (Eq. 2 and 3).
 
+    With a shift ``s = (dy, dx)`` the operator is ``Psi_s x = Psi roll(x, s)`` (cycle spinning,
+    BART's random shifts); it stays orthonormal, ``Psi_s^H = Psi_s^-1``. The shift is folded
+    into the level-1 analysis matrices (no roll copies). A periodised wavelet is invariant to
+    shifts by multiples of ``2**level``, so :meth:`draw_shift` draws from ``[0, 2**level)``.
+
     Args:
         shape: image shape ``(H, W)``, divisible by ``2**level``.
         wavelet: orthogonal pywt wavelet name (default ``"db4"``).
         level: number of levels; None means :func:`max_level`.
+        shift: optional ``(dy, dx)`` cyclic shift of the image before the transform (the
+            operator's own; ``forward``/``inverse`` may override it per call).
 
     Example:
         >>> W = WaveletTransform((256, 256), "db4")
@@ -463,59 +472,89 @@ class WaveletTransform:
         >>> c = W.forward(x, shift=(3, -5))  # cycle spinning: roll the image first
     """
 
-    def __init__(self, shape, wavelet="db4", level: int | None = None):
+    def __init__(self, shape, wavelet="db4", level: int | None = None, shift=None):
         self.shape = check_shape2d(shape, "shape")
         self.wavelet = _check_wavelet(wavelet)
         self.level = _check_level(level, self.shape, self.wavelet)
+        self.shift = shift
+        super().__init__(self.shape, self.shape)
+
+    @property
+    def shift(self) -> tuple[int, int]:
+        """The operator's cyclic shift ``(dy, dx)`` (``(0, 0)``: none)."""
+        return self._shift
+
+    @shift.setter
+    def shift(self, value) -> None:
+        self._shift = _check_shift(value) or (0, 0)
+
+    def draw_shift(self, generator: torch.Generator) -> tuple[int, int]:
+        """Set a random shift in ``[0, 2**level)`` per axis (cycle spinning) and return it."""
+        s = torch.randint(0, 2**self.level, (2,), generator=generator)
+        self._shift = (int(s[0]), int(s[1]))
+        return self._shift
 
     def __repr__(self) -> str:
-        return f"WaveletTransform(shape={self.shape}, wavelet={self.wavelet!r}, level={self.level})"
+        extra = f", shift={self.shift}" if self.shift != (0, 0) else ""
+        return f"WaveletTransform(shape={self.shape}, wavelet={self.wavelet!r}, level={self.level}{extra})"
 
-    def _check(self, x, arg: str) -> torch.Tensor:
+    def _check(self, x, arg: str, pattern=None) -> torch.Tensor:
         x = _check_image(x, arg)
         if tuple(x.shape[-2:]) != self.shape:
             raise ValueError(f"{arg}: expected trailing shape {self.shape}, got {_describe(x)}")
         return x
 
-    def forward(self, x, shift=None) -> torch.Tensor:
+    def _shift_for(self, shift) -> tuple[int, int]:
+        return self._shift if shift is None else (_check_shift(shift) or (0, 0))
+
+    def forward(self, x, shift=None, *, validate: bool = True) -> torch.Tensor:
         """Packed wavelet coefficients of ``x``.
 
         Args:
             x: ``(..., H, W)`` real or complex tensor.
             shift: optional ``(dy, dx)``: the image is rolled by ``torch.roll(x, (dy, dx))``
-                before the transform (cycle spinning / random shifts).
+                before the transform (cycle spinning / random shifts); None uses the
+                operator's own :attr:`shift`.
+            validate: check ``x`` (``False``: the fast path for a solver's own iterates).
 
         Returns:
             ``(..., H, W)`` coefficients, same dtype and device as ``x``.
         """
-        x = self._check(x, "x")
-        return self._forward(x, _check_shift(shift) or (0, 0))
+        if validate:
+            x = self._check(x, "x")
+        return self._forward(x, self._shift_for(shift))
 
     def _forward(self, x: torch.Tensor, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """:meth:`forward` without argument checks (for the reconstructions' inner loops)."""
         xr, is_c, lead = _to_real_batch(x)
         return _from_real_batch(_packed_forward(xr, self.wavelet, self.level, shift), is_c, lead)
 
-    def inverse(self, c, shift=None) -> torch.Tensor:
+    def inverse(self, c, shift=None, *, validate: bool = True) -> torch.Tensor:
         """Image from packed coefficients (the inverse and the adjoint of :meth:`forward`).
 
         Args:
             c: ``(..., H, W)`` packed coefficients.
-            shift: the same ``(dy, dx)`` given to :meth:`forward`; the reconstructed image is
-                rolled back by ``(-dy, -dx)``.
+            shift: the same ``(dy, dx)`` given to :meth:`forward` (None: the operator's own);
+                the reconstructed image is rolled back by ``(-dy, -dx)``.
+            validate: check ``c``.
 
         Returns:
             ``(..., H, W)`` image, same dtype and device as ``c``.
         """
-        c = self._check(c, "c")
-        return self._inverse(c, _check_shift(shift) or (0, 0))
+        if validate:
+            c = self._check(c, "c")
+        return self._inverse(c, self._shift_for(shift))
 
     def _inverse(self, c: torch.Tensor, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """:meth:`inverse` without argument checks (for the reconstructions' inner loops)."""
         cr, is_c, lead = _to_real_batch(c)
         return _from_real_batch(_packed_inverse(cr, self.wavelet, self.level, shift), is_c, lead)
 
     adjoint = inverse
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, self._shift)
+
+    def _apply_adjoint(self, c: torch.Tensor) -> torch.Tensor:
+        return self._inverse(c, self._shift)
 
     def __call__(self, x, shift=None) -> torch.Tensor:
         return self.forward(x, shift=shift)

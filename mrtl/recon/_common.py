@@ -9,7 +9,7 @@ import torch
 
 from .._validate import check_complex, check_mask
 
-__all__ = ["prepare_kspace_mask", "check_centred", "ShiftedWavelet", "soft_threshold", "recon_threads", "resolve_threads",
+__all__ = ["prepare_kspace_mask", "check_centred", "soft_threshold", "recon_threads", "resolve_threads",
            "DEFAULT_RECON_THREADS", "RECON_THREADS_ENV"]
 
 
@@ -137,40 +137,6 @@ def soft_threshold(c: torch.Tensor, thresh: torch.Tensor | float, joint_dim: int
         mag = torch.sqrt((mag * mag).sum(dim=joint_dim, keepdim=True))
     scale = torch.clamp(mag - thresh, min=0) / torch.clamp(mag, min=torch.finfo(mag.dtype).tiny)
     return c * scale
-
-
-class ShiftedWavelet:
-    """Orthonormal wavelet transform ``Psi_s x = W(roll(x, s))`` with an optional cyclic shift.
-
-    Cycle spinning (BART's random shifts) draws a new ``s`` every iteration; a periodised
-    wavelet is invariant to shifts by multiples of ``2**level``, so shifts are drawn from
-    ``[0, 2**level)`` on each axis. ``Psi_s`` stays orthonormal, so ``Psi_s^H = Psi_s^-1``.
-    """
-
-    def __init__(self, shape, wavelet: str, level: int | None, device, seed: int):
-        from ..wavelets import WaveletTransform
-
-        self.wt = WaveletTransform(tuple(shape), wavelet=wavelet, level=level)
-        lev = getattr(self.wt, "level", None)
-        if lev is None:
-            import pywt
-
-            lev = pywt.dwt_max_level(min(shape), pywt.Wavelet(wavelet).dec_len)
-        self.level = int(lev)
-        self.period = 2 ** self.level
-        self.shift = (0, 0)
-        self.gen = torch.Generator().manual_seed(int(seed))
-
-    def draw(self) -> None:
-        s = torch.randint(0, self.period, (2,), generator=self.gen)
-        self.shift = (int(s[0]), int(s[1]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The shift is folded into the level-1 analysis matrices: no roll copies.
-        return self.wt._forward(x, self.shift)
-
-    def adjoint(self, c: torch.Tensor) -> torch.Tensor:
-        return self.wt._inverse(c, self.shift)
 
 
 def check_level(shape, wavelet: str, level: int | None) -> None:

@@ -44,9 +44,11 @@ from typing import NamedTuple
 import torch
 
 from .._validate import check_choice, check_float, check_int
-from ..fft import fft2c, ifft2c
+from ..fft import ifft2c
+from ..linops import SingleCoilFourier
 from ..utils import progress as _progress
-from ._common import ShiftedWavelet, check_level, finite_or_raise, prepare_kspace_mask, recon_threads, soft_threshold
+from ..wavelets import WaveletTransform
+from ._common import check_level, finite_or_raise, prepare_kspace_mask, recon_threads, soft_threshold
 
 __all__ = ["CSResult", "cs_l1_wavelet", "objective_l1_wavelet", "default_cs_lambda", "DEFAULT_CS_ITERATIONS"]
 
@@ -141,13 +143,15 @@ def _tv_diff_adjoint(d: torch.Tensor) -> torch.Tensor:
     return (torch.roll(dv, 1, dims=-2) - dv) + (torch.roll(dh, 1, dims=-1) - dh)
 
 
-def objective_l1_wavelet(x, kspace, mask, lam_b, wav: ShiftedWavelet, tv_b=None, mu: float = 0.0):
+def objective_l1_wavelet(x, kspace, mask, lam_b, wav: WaveletTransform, tv_b=None, mu: float = 0.0):
     """Objective of Eq. 2 for images ``x`` (B, H, W) with absolute weights ``lam_b`` (B,).
+
+    ``wav`` is the (possibly shifted) wavelet operator Psi.
 
     Returns:
         ``(B,)`` float64.
     """
-    r = (fft2c(x) - kspace) * mask
+    r = SingleCoilFourier(mask).forward(x) - kspace * mask
     f = _sum_hw(_abs2(r))
     w = wav.forward(x)
     f = f + lam_b * _sum_hw(torch.sqrt(_abs2(w) + mu))
@@ -227,7 +231,7 @@ def cs_l1_wavelet(
     y, m, batched = prepare_kspace_mask(kspace, mask, coil_dim=False)
     check_level(y.shape, wavelet, level)
     y = y * m  # unsampled positions carry no data
-    x0 = ifft2c(y)
+    x0 = ifft2c(y)  # A^H y (y is masked)
     scale = x0.abs().amax(dim=(-2, -1)).to(torch.float64)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if lam is None:  # the validated default: per image, from its mask's acceleration
@@ -235,20 +239,23 @@ def cs_l1_wavelet(
         lam = default_cs_lambda(R, n_iter) if method == "fista" else 1e-3
     lam_b = lam * scale
     tv_b = tv * scale if tv > 0 else None
-    wav = ShiftedWavelet(y.shape[-2:], wavelet, level, y.device, seed)
+    wav = WaveletTransform(y.shape[-2:], wavelet, level)  # Psi; cycle spinning sets its shift
+    gen = torch.Generator().manual_seed(seed)  # the shifts' random stream
+    A = SingleCoilFourier(m, validate=False)  # A = M F (Eq. 2); m is checked above
     with recon_threads(threads):
         if method == "nlcg":
-            x, hist = _nlcg(x0, y, m, lam_b, tv_b, wav, n_iter, smoothing, random_shift, progress)
+            x, hist = _nlcg(x0, y, A, lam_b, tv_b, wav, gen, n_iter, smoothing, random_shift, progress)
         else:
-            x, hist = _fista(x0, y, m, lam_b, wav, n_iter, random_shift, progress)
+            x, hist = _fista(x0, y, A, lam_b, wav, gen, n_iter, random_shift, progress)
     finite_or_raise(x, "cs_l1_wavelet")
     if not batched:
         x = x[0]
     return CSResult(x, hist)
 
 
-def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
-    """SparseMRI fnlCg, batched: one step length per image."""
+def _nlcg(x, y, A, lam_b, tv_b, wav, gen, n_iter, mu, random_shift, show):
+    """SparseMRI fnlCg, batched: one step length per image. ``A`` = M F, ``wav`` = Psi."""
+    m = A.mask
     B = x.shape[0]
     real_dt = x.real.dtype
     lam_r = lam_b.to(real_dt)[:, None, None]
@@ -261,8 +268,8 @@ def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
         return _sum_hw(torch.sqrt(_abs2(d) + mu).sum(dim=-3))
 
     def gradient(Ax, Wx, Dx):
-        g = 2.0 * ifft2c((Ax - y) * m)
-        g = g + _wadj(wav, lam_r * Wx / torch.sqrt(_abs2(Wx) + mu))
+        g = 2.0 * A.adjoint(Ax - y, validate=False)
+        g = g + wav.adjoint(lam_r * Wx / torch.sqrt(_abs2(Wx) + mu), validate=False)
         if Dx is not None:
             g = g + _tv_diff_adjoint(tv_r * Dx / torch.sqrt(_abs2(Dx) + mu))
         return g
@@ -277,9 +284,9 @@ def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
 
     use_tv = tv_b is not None
     if random_shift:
-        wav.draw()
-    Ax = fft2c(x) * m
-    Wx = _wfwd(wav, x)
+        wav.draw_shift(gen)
+    Ax = A.forward(x, validate=False)
+    Wx = wav.forward(x, validate=False)
     Dx = _tv_diff(x) if use_tv else None
     g0 = gradient(Ax, Wx, Dx)
     dx = -g0
@@ -292,8 +299,8 @@ def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
         if bool(bad.any()):
             dx = torch.where(bad[:, None, None], -g0, dx)
             gdx = _sum_hw((g0.conj() * dx).real)
-        Adx = fft2c(dx) * m
-        Wdx = _wfwd(wav, dx)
+        Adx = A.forward(dx, validate=False)
+        Wdx = wav.forward(dx, validate=False)
         Ddx = _tv_diff(dx) if use_tv else None
         f0 = fval(Ax, Adx, Wx, Wdx, Dx, Ddx, zero)
         t = t0.clone()
@@ -320,25 +327,14 @@ def _nlcg(x, y, m, lam_b, tv_b, wav, n_iter, mu, random_shift, show):
         hist[:, k] = f1
         if random_shift and k + 1 < n_iter:
             # cycle spinning: the next iteration works with a new wavelet grid
-            wav.draw()
-            Wx = _wfwd(wav, x)
+            wav.draw_shift(gen)
+            Wx = wav.forward(x, validate=False)
         g1 = gradient(Ax, Wx, Dx)
         bk = _sum_hw(_abs2(g1)) / (_sum_hw(_abs2(g0)) + torch.finfo(torch.float64).eps)
         bk = torch.where(failed, zero, bk).to(x.real.dtype)[:, None, None]
         dx = -g1 + bk * dx
         g0 = g1
     return x, hist
-
-
-def _wfwd(wav, x: torch.Tensor) -> torch.Tensor:
-    """``wav.forward(x)`` (``Psi_s x``) with the cyclic shift folded into the wavelet matrices
-    (no ``torch.roll`` copies) and without re-validating the solver's own iterates."""
-    return wav.wt._forward(x, wav.shift)
-
-
-def _wadj(wav, c: torch.Tensor) -> torch.Tensor:
-    """``wav.adjoint(c)`` (``Psi_s^H c``), as :func:`_wfwd`."""
-    return wav.wt._inverse(c, wav.shift)
 
 
 def soft_threshold_(c: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
@@ -362,32 +358,34 @@ def _masked_energy(d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.view_as_real(d.mul_(m)), dim=(-3, -2, -1)).to(torch.float64).square()
 
 
-def _fista(x, y, m, lam_b, wav, n_iter, random_shift, show):
+def _fista(x, y, A, lam_b, wav, gen, n_iter, random_shift, show):
     """FISTA on ||Ax - y||^2 + lam ||Psi x||_1 with step 1/L, L = 2 (||A|| <= 1)."""
     real_dt = x.real.dtype
+    m = A.mask
     thr = (lam_b / 2.0).to(real_dt)[:, None, None]
-    kx = fft2c(x)  # F x of the current iterate
+    kx = A.forward(x, validate=False)  # A x of the current iterate
     kx_prev = kx
     x_prev = x
     t = 1.0
     hist = torch.empty(x.shape[0], n_iter, dtype=torch.float64, device=x.device)
     for k in _progress(range(n_iter), desc="CS (FISTA)", total=n_iter, enable=show):
         if random_shift:
-            wav.draw()
+            wav.draw_shift(gen)
         t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
         if k > 0:
             mom = (t - 1.0) / t_next
-            kz = torch.lerp(kx_prev, kx, 1.0 + mom)  # kx + mom (kx - kx_prev) = F z by linearity
+            kz = torch.lerp(kx_prev, kx, 1.0 + mom)  # kx + mom (kx - kx_prev) = A z by linearity
             z = torch.lerp(x_prev, x, 1.0 + mom)
         else:
             kz, z = kx, x
-        # gradient step with step 1/2 == data-consistency projection
-        v = ifft2c(torch.sub(y, kz).mul_(m)).add_(z)
-        c = _wfwd(wav, v)
+        # gradient step with step 1/2 == the data-consistency projection A.prox_l2(z, y), with
+        # A z taken from the two previous iterates (no FFT)
+        v = A.adjoint(torch.sub(y, kz), validate=False).add_(z)
+        c = wav.forward(v, validate=False)
         l1 = soft_threshold_(c, thr)
         x_prev, kx_prev = x, kx
-        x = _wadj(wav, c)
-        kx = fft2c(x)
+        x = wav.adjoint(c, validate=False)
+        kx = A.forward(x, validate=False)
         hist[:, k] = _masked_energy(kx - y, m) + lam_b * l1
         t = t_next
     return x, hist

@@ -21,9 +21,12 @@ import numpy as np
 import torch
 
 from .._validate import check_complex, check_float, check_int
-from ..fft import fft2c, ifft2c
+from ..coils import espirit_maps
+from ..fft import ifft2c
+from ..linops import MultiCoilFourier, coil_combine, spirit_apply
 from ..utils import progress as _progress
-from ._common import ShiftedWavelet, check_level, finite_or_raise, prepare_kspace_mask, recon_threads
+from ..wavelets import WaveletTransform
+from ._common import check_level, finite_or_raise, prepare_kspace_mask, recon_threads
 
 __all__ = [
     "SpiritKernel",
@@ -330,28 +333,6 @@ def spirit_calibrate(
     return out
 
 
-def spirit_apply(coil_images: torch.Tensor, G_img: torch.Tensor) -> torch.Tensor:
-    """Apply G in image space: ``(G x)[c] = sum_j G_img[c, j] * x[j]`` per pixel (Eq. 13).
-
-    Args:
-        coil_images: ``(..., C, H, W)`` complex coil images.
-        G_img: ``(C, C, H, W)`` or ``(B, C, C, H, W)`` from :meth:`SpiritKernel.image_operator`.
-
-    Returns:
-        ``(..., C, H, W)``.
-    """
-    if G_img.shape[-3] != coil_images.shape[-3]:
-        raise ValueError(
-            f"G_img: built for {G_img.shape[-3]} coils but coil_images has {coil_images.shape[-3]} (shape {tuple(coil_images.shape)})"
-        )
-    # sum over input coils, one multiply-accumulate per input coil: no (..., C, C, H, W)
-    # temporary, G_img is read once (3x faster than the broadcast product + sum on CPU)
-    out = G_img[..., :, 0, :, :] * coil_images[..., 0:1, :, :]
-    for j in range(1, G_img.shape[-3]):
-        out = out.addcmul_(G_img[..., :, j, :, :], coil_images[..., j : j + 1, :, :])
-    return out
-
-
 def spirit_apply_kspace(kspace: torch.Tensor, kernel: torch.Tensor, padding: str = "circular") -> torch.Tensor:
     """Apply G in k-space as a correlation with the kernel (the definition of G).
 
@@ -393,7 +374,7 @@ def zero_filled_sense(kspace, mask, maps) -> torch.Tensor:
     """
     y, m, batched = prepare_kspace_mask(kspace, mask, coil_dim=True)
     maps = _check_maps(maps, y)
-    img = _coil_combine(ifft2c(y * m), maps)
+    img = MultiCoilFourier(m[:, 0], maps, validate=False).adjoint(y, validate=False)  # A^H y, A = M F S
     return img if batched else img[0]
 
 
@@ -407,14 +388,6 @@ def _check_maps(maps, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"maps: batch size {maps.shape[0]} does not match the k-space batch size {y.shape[0]}")
     maps = maps.to(device=y.device, dtype=y.dtype)
     return maps if maps.ndim == 4 else maps[None]
-
-
-def _coil_combine(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    try:
-        from ..linops import coil_combine
-    except ImportError:  # pragma: no cover - mrtl.linops is part of the package
-        return (maps.conj() * x).sum(dim=-3)
-    return coil_combine(x, maps)
 
 
 @torch.no_grad()
@@ -521,8 +494,6 @@ def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, lev
             stacklevel=2,
         )
     if maps is None:
-        from ..coils import espirit_maps
-
         c = kernel.calib if calib is None else calib
         maps = espirit_maps(y, calib=min(24, c))
     maps = _check_maps(maps, y)
@@ -530,7 +501,8 @@ def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, lev
     s = torch.sqrt((x.abs() ** 2).sum(dim=1)).amax(dim=(-2, -1))
     s = torch.where(s > 0, s, torch.ones_like(s))
     thr = (lam * s).to(x.real.dtype)[:, None, None, None]
-    wt = ShiftedWavelet((H, W), wavelet, level, y.device, 0).wt  # no shifts: the plain transform
+    wt = WaveletTransform((H, W), wavelet, level)  # Psi, no shifts
+    A = MultiCoilFourier(m[:, 0], validate=False)  # M F on the coil images (Eq. 12)
     hist = torch.empty(B, n_iter, dtype=torch.float64, device=y.device)
     e_max = DIVERGENCE_ENERGY_FACTOR * torch.clamp(_energy(x), min=1e-300)
     for it in _progress(range(n_iter), desc="L1-SPIRiT (POCS)", total=n_iter, enable=progress):
@@ -540,13 +512,12 @@ def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, lev
             _check_divergence(x, e_max, it, gain, stabilize, kernel)
         x = gx
         if lam > 0:
-            x = wt._inverse(_joint_soft_threshold_(wt._forward(x), thr))
-        k = fft2c(x)
-        x = ifft2c(torch.where(m, y, k))
+            x = wt.inverse(_joint_soft_threshold_(wt.forward(x, validate=False), thr), validate=False)
+        x = A.prox_l2(x, y, validate=False)  # hard data consistency (Eq. 7, lambda = infinity)
     hist[:, n_iter - 1] = _rel_res(spirit_apply(x, G), x)
     _check_divergence(x, e_max, n_iter, gain, stabilize, kernel)
     finite_or_raise(x, "l1_spirit_pocs")
-    img = _coil_combine(x, maps)
+    img = coil_combine(x, maps)
     if not batched:
         return SpiritResult(x[0], img[0], hist, maps[0] if maps.shape[0] == 1 else maps)
     return SpiritResult(x, img, hist, maps)
