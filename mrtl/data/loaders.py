@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import coils
 from .._validate import check_choice, check_float, check_int, check_shape2d
 from ..fft import ifft2c
 from .sources import ImageRecord
@@ -343,10 +344,8 @@ class FastMRIFolder(torch.utils.data.Dataset):
         root: folder with ``*.h5`` files holding ``kspace`` of shape (slices, coils, H, W)
             (``ismrmrd_header`` and other keys are ignored).
         n_virtual: compress to this many virtual coils (None: keep all).
-        compress_method: ``"gcc"`` or ``"svd"`` (through ``mrtl.coils.compress``; ``"svd"`` falls
-            back to a local SVD when ``mrtl.coils`` is not available).
-        maps: ``"espirit"`` to estimate coil maps (``mrtl.coils.espirit_maps``, or sigpy's
-            ``EspiritCalib`` when that is not available), or None.
+        compress_method: ``"gcc"`` or ``"svd"`` (through ``mrtl.coils.compress``).
+        maps: ``"espirit"`` to estimate coil maps (``mrtl.coils.espirit_maps``), or None.
         cache_dir: folder to cache the maps in (``<file stem>_s<slice>_maps.npy``); None: no cache.
         max_open: at most this many HDF5 files stay open per process (least recently used are
             closed first), so a folder of thousands of files works at the usual limit of 1024 open
@@ -453,17 +452,7 @@ class FastMRIFolder(torch.utils.data.Dataset):
     def _compress(self, k: torch.Tensor) -> torch.Tensor:
         if self.n_virtual is None:
             return k
-        try:
-            from .. import coils  # type: ignore
-
-            return coils.compress(k, self.n_virtual, method=self.compress_method)
-        except ImportError:
-            if self.compress_method == "gcc":
-                raise ImportError("compress_method='gcc' needs mrtl.coils, which is not available; use compress_method='svd'") from None
-        C = k.shape[0]
-        A = k.reshape(C, -1)
-        U, _, _ = torch.linalg.svd(A @ A.conj().T)
-        return (U[:, : self.n_virtual].conj().T @ A).reshape(self.n_virtual, *k.shape[1:])
+        return coils.compress(k, self.n_virtual, method=self.compress_method)
 
     def _maps(self, fi: int, s: int, k: torch.Tensor) -> torch.Tensor:
         path = None
@@ -472,15 +461,7 @@ class FastMRIFolder(torch.utils.data.Dataset):
             path = self.cache_dir / f"{self.files[fi].stem}_s{s}{tag}_maps.npy"
             if path.exists():
                 return torch.from_numpy(np.load(path))
-        try:
-            from .. import coils  # type: ignore
-
-            m = coils.espirit_maps(k)
-        except ImportError:
-            import sigpy.mri
-
-            m = torch.from_numpy(np.asarray(sigpy.mri.app.EspiritCalib(k.numpy(), show_pbar=False).run()))
-        m = torch.as_tensor(m).to(torch.complex64)
+        m = torch.as_tensor(coils.espirit_maps(k)).to(torch.complex64)
         if path is not None:
             from ..utils import atomic_write_bytes
             import io

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from .._validate import check_tensor
+from ..metrics import psnr
 
 __all__ = ["DEFAULT_GRIDS", "select_parameters"]
 
@@ -20,13 +21,6 @@ DEFAULT_GRIDS = {
 
 
 def _psnr(recon: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    try:
-        from ..metrics import psnr
-    except ImportError:  # pragma: no cover - mrtl.metrics is part of the package
-        r, t = recon.abs().double(), ref.abs().double()
-        rng = t.amax(dim=(-2, -1)) - t.amin(dim=(-2, -1))
-        mse = ((r - t) ** 2).mean(dim=(-2, -1))
-        return 10 * torch.log10(rng**2 / mse)
     return psnr(recon, ref=ref)
 
 
