@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._validate import check_choice, check_complex, check_float, check_int, check_mask
-from .fft import fft2c, ifft2c
+from .linops import MultiCoilFourier, Sense, SingleCoilFourier, coil_combine, sense_expand
+from .linops import spirit_apply as calibration_consistency
 
 __all__ = [
     "DataConsistency",
@@ -54,14 +55,8 @@ __all__ = [
 # small helpers
 
 
-def sense_expand(image: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """S x: coil images ``(B, C, H, W)`` from an image ``(B, H, W)`` and maps ``(C|B,C, H, W)``."""
-    return image.unsqueeze(-3) * maps
-
-
-def coil_combine(coil_images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """S^H x: combine coil images ``(B, C, H, W)`` with maps, summing over the coil axis (-3)."""
-    return (maps.conj() * coil_images).sum(dim=-3)
+# ``sense_expand`` (S x), ``coil_combine`` (S^H x) and ``calibration_consistency`` (f_CC, Eq. 13,
+# the SPIRiT operator in image space) are the operator layer's: :mod:`mrtl.linops`.
 
 
 def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
@@ -69,39 +64,23 @@ def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.stack((x.real, x.imag), dim=1)
 
 
-def _mask_for(mask: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Broadcast a ``(H, W)``/``(B, H, W)`` mask against k-space ``(B, H, W)`` or ``(B, C, H, W)``."""
-    if k.ndim == 4 and mask.ndim == 3:
-        return mask[:, None]
-    return mask
+def _fourier(mask: torch.Tensor, x: torch.Tensor, maps=None):
+    """The undersampled Fourier operator for ``x`` (unchecked): ``M F`` for single-coil images
+    ``(B, H, W)``, ``M F`` per coil for coil images ``(B, C, H, W)``, ``M F S`` with maps."""
+    if maps is not None or x.ndim == 4:
+        return MultiCoilFourier(mask, maps, validate=False)
+    return SingleCoilFourier(mask, validate=False)
 
 
 def data_consistency(x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, lam=None) -> torch.Tensor:
-    """Unvalidated DC projection (Eq. 7-9) of image(s) ``x`` onto measured ``kspace``.
+    """Unvalidated DC projection (Eq. 7-9) of image(s) ``x`` onto measured ``kspace``:
+    ``A.prox_l2(x, kspace, lam)`` of the undersampled Fourier operator ``A = M F``.
 
     ``x`` and ``kspace`` have the same shape (``(..., H, W)``; coil images for multi-coil);
     ``mask`` is boolean and broadcasts. ``lam`` None is the hard projection (lambda = infinity),
     else a positive float or 0-dim tensor.
     """
-    k = fft2c(x)
-    m = _mask_for(mask, k)
-    if lam is None:
-        k = torch.where(m, kspace.to(k.dtype), k)
-    else:
-        k = torch.where(m, (k + lam * kspace.to(k.dtype)) / (1 + lam), k)
-    return ifft2c(k)
-
-
-def calibration_consistency(coil_images: torch.Tensor, G_img: torch.Tensor) -> torch.Tensor:
-    """Unvalidated f_CC (Eq. 13) in image space: ``out[b, c] = sum_d G_img[b, c, d] * x[b, d]``.
-
-    ``F^-1 G F x`` with the SPIRiT k-space convolution G is a per-pixel coil mixing in image
-    space; ``G_img`` ``(C, C, H, W)`` or ``(B, C, C, H, W)`` holds that mixing (as returned by
-    ``mrtl.recon.SpiritKernel.image_operator``), so CC is one batched einsum.
-    """
-    if G_img.ndim == 4:
-        return torch.einsum("cdhw,bdhw->bchw", G_img.to(coil_images.dtype), coil_images)
-    return torch.einsum("bcdhw,bdhw->bchw", G_img.to(coil_images.dtype), coil_images)
+    return _fourier(mask, x).prox_l2(x, kspace, lam, validate=False)
 
 
 def _check_data(x, kspace, mask, maps=None, x_name="x"):
@@ -178,9 +157,9 @@ class DataConsistency(nn.Module):
         lam = self.lam
         if lam is not None:
             lam = lam.to(torch.float64 if x.dtype == torch.complex128 else torch.float32)
-        if maps is not None and x.ndim == kspace.ndim - 1:
-            return coil_combine(data_consistency(sense_expand(x, maps), kspace, mask, lam), maps)
-        return data_consistency(x, kspace, mask, lam)
+        if maps is not None and x.ndim == kspace.ndim - 1:  # S^H f_DC(S x), A = M F S
+            return _fourier(mask, x, maps).prox_l2(x, kspace, lam, validate=False)
+        return _fourier(mask, x).prox_l2(x, kspace, lam, validate=False)
 
     def forward(self, x, kspace, mask, maps=None):
         """Apply f_DC.
@@ -530,11 +509,11 @@ class Cascade(nn.Module):
         (``x_u`` itself when it is already ``(B, C, H, W)``)."""
         if self.coils == "single" or x_u.ndim == 4:
             return x_u
-        return ifft2c(kspace * _mask_for(mask, kspace))
+        return MultiCoilFourier(mask, validate=False).adjoint(kspace, validate=False)
 
     def output(self, state, maps=None):
         """Image from a stage state: the state itself (single-coil) or ``S^H u`` (multi-coil)."""
-        return state if self.coils == "single" else coil_combine(state, maps)
+        return state if self.coils == "single" else Sense(maps, validate=False).adjoint(state, validate=False)
 
     def _subnet(self, p, image):
         net = self.subnets[p - 1]
@@ -549,11 +528,12 @@ class Cascade(nn.Module):
         dc = self.dcs[p - 1]
         if self.coils == "single":
             return dc.project(self._subnet(p, state), kspace, mask)
+        S = Sense(maps, validate=False)
         z = state
         if G_img is not None:
             z = dc.project(calibration_consistency(z, G_img), kspace, mask)  # f_DC(f_CC(u_{p-1}))
-        c = self._subnet(p, coil_combine(z, maps))
-        return dc.project(sense_expand(c, maps), kspace, mask)  # f_DC(S C_p(S^H z_p)), in coil space
+        c = self._subnet(p, S.adjoint(z, validate=False))
+        return dc.project(S.forward(c, validate=False), kspace, mask)  # f_DC(S C_p(S^H z_p)), in coil space
 
     # -- public forward passes -----------------------------------------------------------------
     def forward_stage(self, p: int, x_in, kspace, mask, maps=None, G_img=None, validate: bool = True):

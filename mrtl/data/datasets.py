@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._validate import check_choice, check_float, check_int
-from ..fft import fft2c, ifft2c
+from ..linops import MultiCoilFourier, SingleCoilFourier
 from .loaders import CoilRecord
 from .simulate import add_sinusoidal_phase, coil_map_bank
 from .sources import normalize
@@ -229,8 +229,9 @@ class UndersampledDataset(torch.utils.data.Dataset):
         H, W = x.shape
         mask = self._mask(rng, (H, W))
         if self.coils is None:
-            k = mask * (fft2c(x) + self._noise(rng, (H, W)))
-            zf = ifft2c(k)
+            A = SingleCoilFourier(mask, validate=False)  # A = M F (Eq. 1)
+            k = A.forward(x, validate=False) + mask * self._noise(rng, (H, W))  # y = A x + M n
+            zf = A.adjoint(k, validate=False)  # x_u = A^H y (Eq. 3)
             maps = torch.zeros((0, H, W), dtype=torch.complex64)
         else:
             if (H, W) == self._maps_shape:
@@ -238,8 +239,9 @@ class UndersampledDataset(torch.utils.data.Dataset):
             else:
                 bank = coil_map_bank((H, W), self.n_map_sets, self.n_coils, self.n_virtual, seed=self.seed)
             maps = bank[int(rng.integers(bank.shape[0]))].clone()
-            k = mask * (fft2c(maps * x) + self._noise(rng, maps.shape))
-            zf = (maps.conj() * ifft2c(k)).sum(0)
+            A = MultiCoilFourier(mask, maps, validate=False)  # A = M F S
+            k = A.forward(x, validate=False) + mask * self._noise(rng, maps.shape)
+            zf = A.adjoint(k, validate=False)
         return Sample(zf.to(torch.complex64), k.to(torch.complex64), mask, x.to(torch.complex64), maps, rec.subject, rec.source)
 
     def _real_multicoil(self, rec: CoilRecord, rng) -> Sample:
@@ -252,5 +254,5 @@ class UndersampledDataset(torch.utils.data.Dataset):
         C, H, W = kfull.shape
         mask = self._mask(rng, (H, W))
         k = mask * (kfull + self._noise(rng, (C, H, W)))
-        zf = (rec.maps.conj() * ifft2c(k)).sum(0)
+        zf = MultiCoilFourier(mask, rec.maps, validate=False).adjoint(k, validate=False)  # A^H y
         return Sample(zf.to(torch.complex64), k.to(torch.complex64), mask, ref.to(torch.complex64), rec.maps.to(torch.complex64), rec.subject, rec.source)
