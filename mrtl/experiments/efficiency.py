@@ -107,6 +107,26 @@ def _without_reference(data):
 
 
 # ------------------------------------------------------------------------ networks
+# Settings that change no end-to-end training of the study (ZS-SSL and CS run without checkpoints;
+# which methods run does not change any one network); SSDU's and PEFT's own settings go into their
+# checkpoint names. A rerun with other such settings reuses the finished networks.
+_CKPT_NEUTRAL = ("methods", "zs_n_test", "zs_max_epochs", "zs_patience", "zs_n_splits", "zs_val_frac", "zs_lr_grid",
+                 "zs_n_val", "cs_lam_grid", "cs_iter_grid", "ssdu_rho", "ssdu_n_splits", "ssdu_kind", "peft_which")
+
+
+def _ckpt(cfg: EfficiencyConfig, name: str):
+    """``<output_dir>/checkpoints/<fingerprint>/<name>`` (as :func:`mrtl.experiments._common.ckpt_dir`,
+    with a fingerprint of the settings that change the trained networks), or None."""
+    import hashlib
+    from pathlib import Path
+
+    if cfg.output_dir is None:
+        return None
+    keep = {k: v for k, v in cfg.to_dict().items() if k not in C._NEUTRAL + _CKPT_NEUTRAL}
+    fp = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(cfg.output_dir) / "checkpoints" / fp / name
+
+
 def _shipped(R: int, cfg: EfficiencyConfig):
     """The repository's natural-image checkpoint for ``R`` (:mod:`mrtl.selfsup`); its
     architecture must be the config's (the from-scratch cascade and ZS-SSL's random init are
@@ -121,6 +141,30 @@ def _shipped(R: int, cfg: EfficiencyConfig):
         raise ValueError(f"pretrained: the shipped R={R} checkpoint is {got}, the config {want}; set "
                          "n_subnets/width/depth to the checkpoint's or use pretrained='train'")
     return model
+
+
+def _timed(run, ckpt_of, spent: list):
+    """``run(lr)`` with its training seconds appended to ``spent``. The seconds are kept beside
+    the run's checkpoint (``efficiency_seconds.json``), so a rerun that loads a finished network
+    reports the training it took, not the load (a run interrupted and resumed reports only the
+    part after the resume)."""
+    from ..utils import atomic_write_text
+
+    def wrapped(lr):
+        t0 = time.perf_counter()
+        out = run(lr)
+        secs = time.perf_counter() - t0
+        d = ckpt_of(lr)
+        if d is not None and d.is_dir():
+            f = d / "efficiency_seconds.json"
+            if f.exists():
+                secs = float(json.loads(f.read_text())["seconds"])
+            else:
+                atomic_write_text(f, json.dumps({"seconds": round(secs, 3)}))
+        spent.append(secs)
+        return out
+
+    return wrapped
 
 
 def _stage_from_summary(summary: dict | None, history=None) -> list[dict]:
@@ -163,8 +207,11 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
     val_src = C.get_source(cfg.target, "val", cfg, cfg.n_val)
     dom = domain_label(cfg.target)
 
+    spent: list[float] = []  # seconds of the training runs of the current tr.train call (see _timed)
+
     def note(method, R, n, t0, search):
-        secs = round(time.perf_counter() - t0, 2)
+        secs = round(sum(spent) if spent else time.perf_counter() - t0, 2)
+        spent.clear()
         compute.append(dict(seed=s, R=int(R), method=method[0], stage=method[1], n_tune=int(n), seconds=secs,
                             includes_lr_search=bool(search)))
         return secs
@@ -184,9 +231,10 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
             def run_pre(lr, src=src, sval=sval):
                 m = C.new_cascade(cfg, "single", seed=s + 1)
                 return C.pretrain(m, C.undersampled(src, R, cfg, "train", seed_offset=3000), sval, cfg,
-                                  C.ckpt_dir(cfg, f"pre_natural_R{R}_n{len(src)}_lr{lr:g}"), seed=s, lr=lr)
+                                  _ckpt(cfg, f"pre_natural_R{R}_n{len(src)}_lr{lr:g}"), seed=s, lr=lr)
 
-            pre = tr.train("pretrain", f"{NAT} pretraining", R, run_pre)
+            pre = tr.train("pretrain", f"{NAT} pretraining", R, _timed(
+                run_pre, lambda lr, n=len(src): _ckpt(cfg, f"pre_natural_R{R}_n{n}_lr{lr:g}"), spent))
         note(("pretraining", cfg.pretrained), R, 0, t0, False)
         pre_nets[R] = pre
         nets.append((key, RAW, 0, pre))
@@ -201,18 +249,20 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
             if "scratch" in methods:
                 def run_scratch(lr, td=td, n=n, ncfg=ncfg):
                     return C.finetune(C.new_cascade(cfg, "single", seed=s + 999), td, val, ncfg,
-                                      C.ckpt_dir(cfg, f"scratch_R{R}_t{n}_lr{lr:g}"), seed=s + 500 + n, lr=lr)
+                                      _ckpt(cfg, f"scratch_R{R}_t{n}_lr{lr:g}"), seed=s + 500 + n, lr=lr)
 
                 t0 = time.perf_counter()
-                nets.append((key, SCRATCH, len(td), tr.train("scratch", f"Scratch Ntune {n}", R, run_scratch)))
+                nets.append((key, SCRATCH, len(td), tr.train("scratch", f"Scratch Ntune {n}", R, _timed(
+                    run_scratch, lambda lr, n=n: _ckpt(cfg, f"scratch_R{R}_t{n}_lr{lr:g}"), spent))))
                 note(SCRATCH, R, n, t0, search)
             if "finetune" in methods:
                 def run_ft(lr, td=td, n=n, ncfg=ncfg):
-                    return C.finetune(C.trained_copy(pre), td, val, ncfg, C.ckpt_dir(cfg, f"ft_R{R}_t{n}_lr{lr:g}"),
+                    return C.finetune(C.trained_copy(pre), td, val, ncfg, _ckpt(cfg, f"ft_R{R}_t{n}_lr{lr:g}"),
                                       seed=s + 100 + n, lr=lr)
 
                 t0 = time.perf_counter()
-                nets.append((key, TUNED, len(td), tr.train("finetune", f"{NAT} fine-tuning Ntune {n}", R, run_ft)))
+                nets.append((key, TUNED, len(td), tr.train("finetune", f"{NAT} fine-tuning Ntune {n}", R, _timed(
+                    run_ft, lambda lr, n=n: _ckpt(cfg, f"ft_R{R}_t{n}_lr{lr:g}"), spent))))
                 note(TUNED, R, n, t0, search)
             if "peft" in methods:
                 def run_peft(lr, td=td, n=n, ncfg=ncfg):
@@ -222,18 +272,21 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
                     net = C.trained_copy(pre)
                     out = finetune_peft(net, td, cfg.peft_which, val_set=val, epochs=ncfg.ft_epochs, lr=lr,
                                         batch_size=min(cfg.ft_batch_size, len(td)), device=cfg.device,
-                                        out_dir=C.ckpt_dir(cfg, f"peft_{cfg.peft_which}_R{R}_t{n}_lr{lr:g}"),
+                                        out_dir=_ckpt(cfg, f"peft_{cfg.peft_which}_R{R}_t{n}_lr{lr:g}"),
                                         resume=cfg.output_dir is not None, seed=s + 300 + n, progress_bar=False,
                                         patience=cfg.patience, select_on="psnr", select_best=True)
                     stages = _stage_from_summary(out.get("summary"))
                     return net, stages, (C._score(stages[0]) if stages else float("nan"))
 
                 t0 = time.perf_counter()
-                nets.append((key, _peft(cfg), len(td), tr.train("peft", f"PEFT ({cfg.peft_which}) Ntune {n}", R,
-                                                                run_peft)))
+                nets.append((key, _peft(cfg), len(td), tr.train("peft", f"PEFT ({cfg.peft_which}) Ntune {n}", R, _timed(
+                    run_peft, lambda lr, n=n: _ckpt(cfg, f"peft_{cfg.peft_which}_R{R}_t{n}_lr{lr:g}"), spent))))
                 note(_peft(cfg), R, n, t0, search)
             if "ssdu" in methods:
                 td_ss = _without_reference(td)
+
+                def ssdu_ckpt(lr, n):
+                    return _ckpt(cfg, f"ssdu_{cfg.ssdu_kind}_rho{cfg.ssdu_rho:g}_k{cfg.ssdu_n_splits}_R{R}_t{n}_lr{lr:g}")
 
                 def run_ssdu(lr, td_ss=td_ss, n=n, ncfg=ncfg):
                     from ..selfsup import ssdu_finetune
@@ -243,7 +296,7 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
                         C.trained_copy(pre), td_ss, rho=cfg.ssdu_rho, n_splits=cfg.ssdu_n_splits, kind=cfg.ssdu_kind,
                         epochs=ncfg.ft_epochs, lr=lr, batch_size=min(cfg.ft_batch_size, len(td_ss)), val=val_ss,
                         patience=cfg.patience, seed=s + 700 + n,
-                        out_dir=C.ckpt_dir(cfg, f"ssdu_R{R}_t{n}_lr{lr:g}"), resume=cfg.output_dir is not None,
+                        out_dir=ssdu_ckpt(lr, n), resume=cfg.output_dir is not None,
                         device=cfg.device, progress_bar=False)
                     stages, score, curve = _ssdu_stage(hist, ncfg.ft_epochs, cfg.patience)
                     for row in curve:
@@ -251,7 +304,7 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
                     return net, stages, score
 
                 t0 = time.perf_counter()
-                nets.append((key, SSDU, len(td), tr.train("ssdu", f"SSDU Ntune {n}", R, run_ssdu)))
+                nets.append((key, SSDU, len(td), tr.train("ssdu", f"SSDU Ntune {n}", R, _timed(run_ssdu, lambda lr, n=n: ssdu_ckpt(lr, n), spent))))
                 note(SSDU, R, n, t0, search)
             C.log(f"seed {s} R={R}: Ntune {n} trained")
         # ZS-SSL's learning rate, per init, on validation slices (by PSNR against their references,
@@ -414,7 +467,7 @@ def compute_table(compute: pd.DataFrame | list) -> pd.DataFrame:
     c = pd.DataFrame(compute)
     if c.empty:
         return c
-    c = c[c["method"] != "pretraining"] if "pretraining" in set(c["method"]) else c
+    c = c.assign(method=c["method"].replace({"pretraining": "natural pretraining (shared)"}))
     g = c.groupby(["method", "stage", "n_tune"], sort=False)
     out = g.agg(seconds_mean=("seconds", "mean"), seconds_sd=("seconds", "std"), runs=("seconds", "size")).reset_index()
     return out.round(2)
