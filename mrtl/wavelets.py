@@ -520,13 +520,12 @@ class WaveletTransform(LinearOperator):
         Returns:
             ``(..., H, W)`` coefficients, same dtype and device as ``x``.
         """
-        if validate:
-            x = self._check(x, "x")
-        return self._forward(x, self._shift_for(shift))
+        return self._packed(self._check(x, "x") if validate else x, self._shift_for(shift), _packed_forward)
 
-    def _forward(self, x: torch.Tensor, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    def _packed(self, x: torch.Tensor, shift: tuple[int, int], fn) -> torch.Tensor:
+        """``fn`` (:func:`_packed_forward` or :func:`_packed_inverse`) on real or complex ``x``."""
         xr, is_c, lead = _to_real_batch(x)
-        return _from_real_batch(_packed_forward(xr, self.wavelet, self.level, shift), is_c, lead)
+        return _from_real_batch(fn(xr, self.wavelet, self.level, shift), is_c, lead)
 
     def inverse(self, c, shift=None, *, validate: bool = True) -> torch.Tensor:
         """Image from packed coefficients (the inverse and the adjoint of :meth:`forward`).
@@ -540,21 +539,15 @@ class WaveletTransform(LinearOperator):
         Returns:
             ``(..., H, W)`` image, same dtype and device as ``c``.
         """
-        if validate:
-            c = self._check(c, "c")
-        return self._inverse(c, self._shift_for(shift))
-
-    def _inverse(self, c: torch.Tensor, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        cr, is_c, lead = _to_real_batch(c)
-        return _from_real_batch(_packed_inverse(cr, self.wavelet, self.level, shift), is_c, lead)
+        return self._packed(self._check(c, "c") if validate else c, self._shift_for(shift), _packed_inverse)
 
     adjoint = inverse
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, self._shift)
+        return self._packed(x, self._shift, _packed_forward)
 
     def _apply_adjoint(self, c: torch.Tensor) -> torch.Tensor:
-        return self._inverse(c, self._shift)
+        return self._packed(c, self._shift, _packed_inverse)
 
     def __call__(self, x, shift=None) -> torch.Tensor:
         return self.forward(x, shift=shift)
