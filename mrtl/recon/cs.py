@@ -44,7 +44,6 @@ from typing import NamedTuple
 import torch
 
 from .._validate import check_choice, check_float, check_int
-from ..fft import ifft2c
 from ..linops import SingleCoilFourier
 from ..utils import progress as _progress
 from ..wavelets import WaveletTransform
@@ -231,7 +230,8 @@ def cs_l1_wavelet(
     y, m, batched = prepare_kspace_mask(kspace, mask, coil_dim=False)
     check_level(y.shape, wavelet, level)
     y = y * m  # unsampled positions carry no data
-    x0 = ifft2c(y)  # A^H y (y is masked)
+    A = SingleCoilFourier(m, validate=False)  # A = M F (Eq. 2); m is checked above
+    x0 = A.adjoint(y, validate=False)  # the zero-filled A^H y
     scale = x0.abs().amax(dim=(-2, -1)).to(torch.float64)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if lam is None:  # the validated default: per image, from its mask's acceleration
@@ -241,7 +241,6 @@ def cs_l1_wavelet(
     tv_b = tv * scale if tv > 0 else None
     wav = WaveletTransform(y.shape[-2:], wavelet, level)  # Psi; cycle spinning sets its shift
     gen = torch.Generator().manual_seed(seed)  # the shifts' random stream
-    A = SingleCoilFourier(m, validate=False)  # A = M F (Eq. 2); m is checked above
     with recon_threads(threads):
         if method == "nlcg":
             x, hist = _nlcg(x0, y, A, lam_b, tv_b, wav, gen, n_iter, smoothing, random_shift, progress)

@@ -497,12 +497,12 @@ def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, lev
         c = kernel.calib if calib is None else calib
         maps = espirit_maps(y, calib=min(24, c))
     maps = _check_maps(maps, y)
-    x = ifft2c(y)
+    A = MultiCoilFourier(m[:, 0], validate=False)  # M F on the coil images (Eq. 12)
+    x = A.adjoint(y, validate=False)  # zero-filled coil images
     s = torch.sqrt((x.abs() ** 2).sum(dim=1)).amax(dim=(-2, -1))
     s = torch.where(s > 0, s, torch.ones_like(s))
     thr = (lam * s).to(x.real.dtype)[:, None, None, None]
     wt = WaveletTransform((H, W), wavelet, level)  # Psi, no shifts
-    A = MultiCoilFourier(m[:, 0], validate=False)  # M F on the coil images (Eq. 12)
     hist = torch.empty(B, n_iter, dtype=torch.float64, device=y.device)
     e_max = DIVERGENCE_ENERGY_FACTOR * torch.clamp(_energy(x), min=1e-300)
     for it in _progress(range(n_iter), desc="L1-SPIRiT (POCS)", total=n_iter, enable=progress):
