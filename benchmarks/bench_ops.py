@@ -97,6 +97,34 @@ def main(argv=None) -> None:
 
     add(f"MaskBank n=100 {N}x{N} R=4 (cold, incl. slope calibration)", "mrtl.masks", bank)
 
+    # the operator layer on the networks' hot paths (public API only, so that the same rows can
+    # be timed against an older mrtl: PYTHONPATH=<old checkout> python benchmarks/bench_ops.py)
+    from mrtl.models import Cascade, CalibrationConsistency, DataConsistency, coil_combine, sense_expand
+
+    C = 8
+    m = masks.poisson_disc((N, N), 4, seed=0)
+    y = fft2c(x) * m
+    maps = torch.complex(torch.randn(C, N, N, generator=g), torch.randn(C, N, N, generator=g)) / C**0.5
+    coil_x = sense_expand(x, maps)
+    coil_y = fft2c(coil_x) * m
+    G = torch.complex(torch.randn(C, C, N, N, generator=g), torch.randn(C, C, N, N, generator=g)) / C
+    hard, soft = DataConsistency(), DataConsistency(0.5)
+    add(f"DC hard {B}x{N}x{N}", "mrtl.models.DataConsistency", lambda: hard(x, y, m))
+    add(f"DC lam=0.5 {B}x{N}x{N}", "mrtl.models.DataConsistency", lambda: soft(x, y, m))
+    add(f"DC hard through {C} coil maps {B}x{N}x{N}", "mrtl.models.DataConsistency", lambda: hard(x, coil_y, m, maps))
+    add(f"S^H S x, {C} coils {B}x{N}x{N}", "mrtl.models coil_combine/sense_expand", lambda: coil_combine(sense_expand(x, maps), maps))
+    cc = CalibrationConsistency(G)
+    add(f"CC (SPIRiT G, image space) {C} coils {B}x{N}x{N}", "mrtl.models.CalibrationConsistency", lambda: cc(coil_x))
+    torch.manual_seed(0)
+    net = Cascade(n_subnets=2, coils="multi", width=16, depth=2)
+    xb, yb, cb = x[:2], coil_y[:2], coil_x[:2]
+
+    def cascade_step():
+        net.zero_grad()
+        net(coil_combine(cb, maps), yb, m, maps, G_img=G).abs().mean().backward()
+
+    add(f"Cascade multi-coil (2 subnets, CC) fwd+bwd 2x{C}x{N}x{N}", "mrtl.models.Cascade", cascade_step)
+
     print(f"\n### bench_ops: torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), median of {reps} repeats\n")
     print("| operation | implementation | seconds |")
