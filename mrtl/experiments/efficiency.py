@@ -132,8 +132,9 @@ def _shipped(R: int, cfg: EfficiencyConfig):
     architecture must be the config's (the from-scratch cascade and ZS-SSL's random init are
     built from the config, so every method has the same network)."""
     from .. import selfsup
+    from ..train import load_model
 
-    model = selfsup.load_pretrained(R)
+    model = load_model(selfsup.shipped_checkpoint(R))
     arch = getattr(model, "arch", {})
     want = dict(n_subnets=cfg.n_subnets, width=cfg.width, depth=cfg.depth)
     got = {k: arch.get(k) for k in want}
@@ -181,8 +182,11 @@ def _ssdu_stage(history, max_epochs, patience) -> tuple[list[dict], float, list[
     if not ep:
         return [], float("nan"), []
     best = int(np.nanargmin(vl))
-    st = dict(stage=0, epochs=[], val_psnr=[], best_epoch=ep[best], stopped_epoch=max(ep), max_epochs=max_epochs,
-              patience=patience)
+    info = history if isinstance(history, dict) else {}
+    best_epoch = info.get("best_epoch", ep[best])
+    best_epoch = ep[best] if best_epoch is None else int(best_epoch)
+    st = dict(stage=0, epochs=[], val_psnr=[], best_epoch=best_epoch,
+              stopped_epoch=int(info.get("stopped_epoch", max(ep))), max_epochs=max_epochs, patience=patience)
     curve = [dict(epoch=e, val_loss=v) for e, v in zip(ep, vl)]
     return [st], -vl[best], curve
 
