@@ -173,9 +173,10 @@ def _stage_from_summary(summary: dict | None, history=None) -> list[dict]:
 
 
 def _ssdu_stage(history, max_epochs, patience) -> tuple[list[dict], float, list[dict]]:
-    """SSDU's history as a training summary: the kept and stop epoch by the self-supervised
-    validation loss (no PSNR: the validation images are not read), the score (minus the best
-    validation loss) and the curve rows."""
+    """A history of :mod:`mrtl.selfsup` / :mod:`mrtl.peft` (rows ``epoch, val_loss``) as a
+    training summary: the kept and stop epoch by the validation loss (for SSDU the self-supervised
+    loss: the validation images are not read), the score (minus the best validation loss) and the
+    curve rows."""
     rows = history if isinstance(history, list) else history.get("history", [])
     ep = [int(r["epoch"]) for r in rows if r.get("val_loss") is not None]
     vl = [float(r["val_loss"]) for r in rows if r.get("val_loss") is not None]
@@ -273,14 +274,16 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
                     from ..peft import finetune_peft
 
                     C._no_training("peft")
-                    net = C.trained_copy(pre)
-                    out = finetune_peft(net, td, cfg.peft_which, val_set=val, epochs=ncfg.ft_epochs, lr=lr,
-                                        batch_size=min(cfg.ft_batch_size, len(td)), device=cfg.device,
-                                        out_dir=_ckpt(cfg, f"peft_{cfg.peft_which}_R{R}_t{n}_lr{lr:g}"),
-                                        resume=cfg.output_dir is not None, seed=s + 300 + n, progress_bar=False,
-                                        patience=cfg.patience, select_on="psnr", select_best=True)
-                    stages = _stage_from_summary(out.get("summary"))
-                    return net, stages, (C._score(stages[0]) if stages else float("nan"))
+                    net, hist = finetune_peft(
+                        C.trained_copy(pre), td, cfg.peft_which, val=val, epochs=ncfg.ft_epochs, lr=lr,
+                        batch_size=min(cfg.ft_batch_size, len(td)), patience=cfg.patience, seed=s + 300 + n,
+                        out_dir=_ckpt(cfg, f"peft_{cfg.peft_which}_R{R}_t{n}_lr{lr:g}"),
+                        resume=cfg.output_dir is not None, device=cfg.device, progress_bar=False)
+                    # its epoch is chosen by the validation loss (mrtl.peft); the learning rate, as
+                    # every other method's, by the validation PSNR of the network kept
+                    stages, _, _ = _ssdu_stage(hist, ncfg.ft_epochs, cfg.patience)
+                    score = float(np.mean([r["psnr"] for r in C.evaluate(net, val, cfg)]))
+                    return net, stages, score
 
                 t0 = time.perf_counter()
                 nets.append((key, _peft(cfg), len(td), tr.train("peft", f"PEFT ({cfg.peft_which}) Ntune {n}", R, _timed(
