@@ -640,13 +640,10 @@ def train_sequential(
     device, rank, world = _setup(model, settings)
     settings = settings.checked("epochs_per_subnet", val_set is not None)
     stages = list(range(1, model.n_subnets + 1)) if stages is None else [model._check_p(s) for s in stages]
-    train = as_train_data(train_set, name="train_set").to(device)
-    val = None if val_set is None else as_train_data(val_set, name="val_set").to(device)
-    check_compatible(model, train, "train_set")
-    if val is not None:
-        check_compatible(model, val, "val_set")
-        if val.shape != train.shape:
-            raise ValueError(f"val_set: image size {val.shape} differs from train_set's {train.shape}")
+    train = _load_data(train_set, "train_set", model, device)
+    val = None if val_set is None else _load_data(val_set, "val_set", model, device)
+    if val is not None and val.shape != train.shape:
+        raise ValueError(f"val_set: image size {val.shape} differs from train_set's {train.shape}")
     model.remember_training_data(input_p99=input_p99(train))  # saved with the model; reconstruct() scales inputs to it
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
