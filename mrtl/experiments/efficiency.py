@@ -36,7 +36,7 @@ from . import _common as C
 from .efficiency_config import EfficiencyConfig
 from .results import StudyResult, claim_table, domain_label, paired_differences, summarize_records, write_results
 
-__all__ = ["data_efficiency", "efficiency_claims", "plot_efficiency", "compute_table", "method_labels",
+__all__ = ["data_efficiency", "efficiency_claims", "plot_efficiency", "compute_table", "method_labels", "verdict_summary",
            "TABLE_ID", "RAW", "TUNED", "SCRATCH", "SSDU", "ZS_RANDOM", "ZS_NATURAL"]
 
 #: The table id of this study's rows (not one of the paper's tables).
@@ -465,6 +465,44 @@ def _claims(cfg: EfficiencyConfig, per_image: pd.DataFrame) -> pd.DataFrame:
     out = claim_table(per_image, spec)
     out.insert(2, "n_tune", [c["n_tune"] for c in spec])
     return out
+
+
+_COMPARISONS = {
+    "ssdu_minus_raw": "SSDU (no reference) vs the raw natural network",
+    "supervised_minus_ssdu": "supervised fine-tuning vs SSDU on the same slices",
+    "supervised_minus_scratch": "natural pretraining + supervised fine-tuning vs supervised training from scratch",
+    "ssdu_minus_scratch": "natural pretraining + SSDU (no reference) vs supervised training from scratch",
+    "supervised_minus_peft": "fine-tuning every weight vs PEFT",
+}
+
+
+def verdict_summary(claims: pd.DataFrame) -> str:
+    """The claims as plain sentences (Markdown): for each comparison, at which Ntune the first
+    method wins (interval above zero), ties (interval contains zero) or loses (interval below
+    zero), with the estimates and intervals; then the claims without Ntune. Every number comes
+    from ``claims`` (the study's ``efficiency_claims.csv``)."""
+    if claims is None or len(claims) == 0:
+        return "No claims were computed."
+    word = {"holds": "wins", "within noise": "ties", "does not hold": "loses"}
+    lines = []
+    c = claims.assign(base=claims["id"].str.replace(r"_ntune\d+$", "", regex=True))
+    for base, text in _COMPARISONS.items():
+        g = c[c["base"] == base].sort_values("n_tune")
+        if g.empty:
+            continue
+        parts = []
+        for v in ("holds", "within noise", "does not hold"):
+            h = g[g["verdict"] == v]
+            if len(h):
+                cells = ", ".join(f"{int(r.n_tune)} ({r.estimate:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] dB)"
+                                  for r in h.itertuples())
+                parts.append(f"**{word[v]}** at Ntune {cells}")
+        lines.append(f"- {text}: the former " + "; ".join(parts) + ".")
+    rest = c[~c["base"].isin(list(_COMPARISONS))]
+    for r in rest.itertuples():
+        lines.append(f"- {r.claim}: {r.estimate:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] dB, **{r.verdict}** "
+                     f"(over {int(r.n_images)} test slices and {int(r.n_seeds)} seeds).")
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------- tables
