@@ -66,8 +66,8 @@ def test_reproduce_knows_the_study_and_checks_its_parameters():
 def tiny_run(tmp_path_factory):
     """The tiny study with every method, with data loads, training calls and what the
     self-supervised methods were given recorded."""
-    selfsup = pytest.importorskip("mrtl.selfsup")
     import mrtl.data
+    import mrtl.selfsup as selfsup
     import mrtl.train
     from mrtl.experiments.efficiency import data_efficiency
 
@@ -180,3 +180,25 @@ def test_checked_in_results_are_complete():
     assert (res.claims["n_seeds"] >= 3).all()
     # every number of the page's table comes from these files: the figure is drawn from the table
     assert (CHECKED_IN / "efficiency.png").exists()
+
+
+def test_verdict_summary_sorts_each_ntune_by_its_verdict():
+    from mrtl.experiments.efficiency import verdict_summary
+
+    claims = pd.DataFrame([
+        dict(id="supervised_minus_ssdu_ntune1", claim="", n_tune=1, estimate=0.05, ci_low=-0.1, ci_high=0.2,
+             verdict="within noise", n_images=24, n_seeds=3),
+        dict(id="supervised_minus_ssdu_ntune8", claim="", n_tune=8, estimate=1.2, ci_low=0.9, ci_high=1.5,
+             verdict="holds", n_images=24, n_seeds=3),
+        dict(id="ssdu_minus_raw_ntune2", claim="", n_tune=2, estimate=-0.3, ci_low=-0.5, ci_high=-0.1,
+             verdict="does not hold", n_images=24, n_seeds=3),
+        dict(id="raw_minus_cs", claim="the raw natural network beats CS", n_tune=0, estimate=0.1, ci_low=-0.01,
+             ci_high=0.2, verdict="within noise", n_images=24, n_seeds=3),
+    ])
+    text = verdict_summary(claims).splitlines()
+    sup = next(line for line in text if line.startswith("- supervised fine-tuning vs SSDU"))
+    assert "**wins** at Ntune 8 (+1.20 [+0.90, +1.50] dB)" in sup and "**ties** at Ntune 1 (+0.05" in sup
+    assert "loses" not in sup
+    raw = next(line for line in text if line.startswith("- SSDU (no reference) vs the raw"))
+    assert "**loses** at Ntune 2 (-0.30 [-0.50, -0.10] dB)" in raw
+    assert "- the raw natural network beats CS: +0.10 [-0.01, +0.20] dB, **within noise**" in text[-1]
