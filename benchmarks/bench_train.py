@@ -50,7 +50,7 @@ def bench(device, H, batch, steps, infer_batches, amp):
     model = Cascade(5, width=64, depth=4, seed=0).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-        model.autocast_dtype = torch.bfloat16 if amp else None
+        model.use_amp(amp)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -68,7 +68,7 @@ def bench(device, H, batch, steps, infer_batches, amp):
         for q in params:
             q.requires_grad_(True)
         def step():
-            out = model.output(model._stage(p, state, k, m, None, None))
+            out = model.output(model.forward_stage(p, state, k, m, validate=False))
             loss = hybrid_loss(out, ref)
             opt.zero_grad(set_to_none=True)
             loss.backward()
