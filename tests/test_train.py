@@ -225,6 +225,8 @@ def test_errors():
         train_sequential(Cascade(1, "multi", width=4, depth=1), tr, **KW)
     with pytest.raises(TypeError, match="model"):
         finetune("not a model", tr, **KW)
+    with pytest.raises(ValueError, match=r"stages\[1\]"):  # names the argument (it used to say 'p')
+        train_sequential(m, tr, stages=[1, 2], **KW)
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         load_model("/nonexistent/ckpt.pt")
 

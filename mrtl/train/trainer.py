@@ -639,7 +639,8 @@ def train_sequential(
     settings = _settings(locals(), "epochs_per_subnet")
     device, rank, world = _setup(model, settings)
     settings = settings.checked("epochs_per_subnet", val_set is not None)
-    stages = list(range(1, model.n_subnets + 1)) if stages is None else [model._check_p(s) for s in stages]
+    stages = (list(range(1, model.n_subnets + 1)) if stages is None
+              else [check_int(s, f"stages[{i}]", low=1, high=model.n_subnets) for i, s in enumerate(stages)])
     train = _load_data(train_set, "train_set", model, device)
     val = None if val_set is None else _load_data(val_set, "val_set", model, device)
     if val is not None and val.shape != train.shape:
