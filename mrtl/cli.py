@@ -21,7 +21,7 @@ from pathlib import Path
 from . import __version__
 
 # Modules that contribute subcommands, each with ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("mrtl.experiments.cli", "mrtl.data.cli", "mrtl.train_cli")
+COMMAND_MODULES: tuple[str, ...] = ("mrtl.experiments.cli", "mrtl.data.cli", "mrtl.train_cli", "mrtl.adapt_cli")
 
 DEBUG_HINT = "rerun with MRTL_DEBUG=1 for the traceback"
 _MAX_CHARS = 600
