@@ -170,6 +170,11 @@ def test_hybrid_loss_is_mse_plus_mae():
     assert float(hybrid_loss(a, b)) == pytest.approx(2.5 + 1.5)
     # complex: real/imag parts (1, 0), (-2, 0): MSE 5/4, MAE 3/4
     assert float(hybrid_loss(a, b, coils="multi")) == pytest.approx(1.25 + 0.75)
+    # a misspelt option is an error (it used to fall back silently: "Multi" -> multi-coil, "sum" -> mean)
+    with pytest.raises(ValueError, match="coils"):
+        hybrid_loss(a, b, coils="Multi")
+    with pytest.raises(ValueError, match="reduction"):
+        hybrid_loss(a, b, reduction="sum")
 
 
 def test_presets_are_the_papers_and_the_defaults():
