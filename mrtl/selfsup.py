@@ -283,12 +283,15 @@ def _ssdu_forward(model: Cascade, kspace, dc_mask, maps=None, G_img=None) -> tup
 
 def _fit(model: Cascade, params: list, *, n_items: int, batch_loss: Callable, val_score: Optional[Callable],
          epochs: int, lr: float, batch_size: int, weight_decay: float, patience: Optional[int], seed: int,
-         out_dir, resume: bool, phase: str, image_shape, progress_bar: bool, select_best: bool = True) -> dict:
+         out_dir, resume: bool, phase: str, image_shape, progress_bar: bool, select_best: bool = True,
+         callback: Optional[Callable[[dict], None]] = None) -> dict:
     """Adam on ``params`` (the rest frozen) over ``n_items`` items per epoch in a seeded order;
     ``batch_loss(idx) -> (b,)`` per-item losses, ``val_score() -> float`` (lower is better; None:
     the training loss selects). Per-epoch atomic checkpoint ``out_dir/checkpoint_<phase>.pt``
     (resumed when ``resume``), best weights kept, early stopping after ``patience`` epochs
-    without improvement, :class:`mrtl.train.TrainingDiverged` on a non-finite loss."""
+    without improvement, :class:`mrtl.train.TrainingDiverged` on a non-finite loss; ``callback``
+    is called after every step with ``phase, epoch, step, loss`` (raising from it interrupts the
+    run, which a rerun resumes from the last finished epoch)."""
     from .train import TrainingDiverged, save_model
     from .train.checkpoint import load_resume, save_torch, training_checkpoint
 
@@ -349,11 +352,13 @@ def _fit(model: Cascade, params: list, *, n_items: int, batch_loss: Callable, va
             per = batch_loss(idx)
             loss = per.mean()
             if not bool(torch.isfinite(loss)):
-                diverged(epoch + 1, f"the training loss is {float(loss)}")
+                diverged(epoch + 1, f"the training loss is {float(loss.detach())}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot, cnt = tot + float(per.detach().sum()), cnt + per.numel()
+            if callback is not None:
+                callback({"phase": phase, "epoch": epoch, "step": s // batch_size, "loss": float(loss.detach())})
         train_loss = tot / max(cnt, 1)
         if not all(bool(torch.isfinite(q).all()) for q in params):
             diverged(epoch + 1, "the weights hold NaN/Inf values")
@@ -407,7 +412,8 @@ def _make_splits(mask: torch.Tensor, n_splits: int, rho: float, kind: str, seed:
 def ssdu_finetune(model: Cascade, data, *, rho: float = 0.4, n_splits: int = 4, kind: str = "gaussian",
                   epochs: int = 20, lr: float = 1e-3, batch_size: int = 4, weight_decay: float = 1e-6,
                   val=None, patience: Optional[int] = None, seed: int = 0, out_dir=None, resume: bool = True,
-                  device=None, progress_bar: bool = False) -> tuple[Cascade, dict]:
+                  device=None, progress_bar: bool = False,
+                  callback: Optional[Callable[[dict], None]] = None) -> tuple[Cascade, dict]:
     """Self-supervised fine-tuning of a (pretrained) cascade with SSDU (Yaman et al., MRM 2020).
 
     Each slice gets ``n_splits`` fixed, seeded splits ``Omega = Theta_j u Lambda_j``
@@ -437,6 +443,8 @@ def ssdu_finetune(model: Cascade, data, *, rho: float = 0.4, n_splits: int = 4, 
         resume: continue from ``out_dir/checkpoint_ssdu.pt``.
         device: None (auto), "cpu", "cuda".
         progress_bar: tqdm bars (silenced by ``MRTL_QUIET=1``).
+        callback: called after every step with a dict (``phase, epoch, step, loss``); raising
+            from it interrupts training (a rerun with ``resume`` continues, bit for bit on CPU).
 
     Returns:
         ``(model, history)`` with ``history``: ``history`` (rows ``epoch, train_loss, val_loss,
@@ -499,7 +507,7 @@ def ssdu_finetune(model: Cascade, data, *, rho: float = 0.4, n_splits: int = 4, 
     res = _fit(model, list(model.parameters()), n_items=N * n_splits, batch_loss=batch_loss,
                val_score=None if vd is None else val_score, epochs=epochs, lr=lr, batch_size=batch_size,
                weight_decay=weight_decay, patience=patience, seed=seed, out_dir=out_dir, resume=resume, phase="ssdu",
-               image_shape=td.shape, progress_bar=progress_bar)
+               image_shape=td.shape, progress_bar=progress_bar, callback=callback)
     model.remember_training_data(image_shape=td.shape)
     return model, _history_out(res, epochs, patience, time.perf_counter() - t0)
 

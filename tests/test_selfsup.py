@@ -185,3 +185,68 @@ def test_zsssl_transfer_init_from_the_shipped_checkpoint_is_not_modified():
     assert all(torch.equal(v, init.state_dict()[n]) for n, v in before.items())
     with pytest.raises(ValueError, match="model_kwargs"):
         zsssl(k, mask)
+
+
+def test_ssdu_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    td, val = tiny_train_data(n=4, size=16, seed=0), tiny_train_data(n=2, size=16, seed=1)
+    kw = dict(n_splits=2, epochs=3, lr=1e-3, batch_size=2, seed=0, val=val)
+    ref, h_ref = ssdu_finetune(Cascade(2, width=4, depth=1, seed=0), td, **kw)
+
+    def stop(info):
+        if info["epoch"] == 1 and info["step"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ssdu_finetune(Cascade(2, width=4, depth=1, seed=0), td, out_dir=tmp_path, callback=stop, **kw)
+    seen = []
+    got, h = ssdu_finetune(Cascade(2, width=4, depth=1, seed=0), td, out_dir=tmp_path, callback=seen.append, **kw)
+    assert sorted({s["epoch"] for s in seen}) == [1, 2]  # epoch 0 was finished and saved: not redone
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), got.state_dict().values()))
+    assert [r["val_loss"] for r in h["history"]] == [r["val_loss"] for r in h_ref["history"]]
+
+
+def test_ssdu_divergence_raises_and_restores():
+    from mrtl.train import TrainingDiverged
+
+    td = tiny_train_data(n=4, size=16, seed=0)
+    model = Cascade(2, width=4, depth=1, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="lr="):
+        ssdu_finetune(model, td, n_splits=2, epochs=3, lr=1e30, batch_size=2)
+    assert all(bool(torch.isfinite(v).all()) for v in model.state_dict().values())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_ssdu_accepts_sample_datasets_with_nan_references():
+    td = tiny_train_data(n=4, size=16, seed=0)
+    samples = [{"zero_filled": td.x_u[i], "kspace": td.kspace[i], "mask": td.mask[i],
+                "reference": torch.full((16, 16), float("nan")), "maps": None} for i in range(4)]
+    no_zf = [{"kspace": td.kspace[i], "mask": td.mask[i]} for i in range(4)]  # no reference field at all
+    kw = dict(n_splits=2, epochs=1, lr=1e-3, batch_size=2, seed=0)
+    a, _ = ssdu_finetune(Cascade(2, width=4, depth=1, seed=0), samples, **kw)
+    b, _ = ssdu_finetune(Cascade(2, width=4, depth=1, seed=0), no_zf, **kw)
+    c, _ = ssdu_finetune(Cascade(2, width=4, depth=1, seed=0), td, **kw)
+    for x, y, z in zip(a.state_dict().values(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(x, z) and torch.allclose(y, z, atol=1e-6)
+
+
+def test_shipped_checkpoints_match_their_readme_and_load_weights_only():
+    import hashlib
+    import re
+
+    from mrtl.checkpoints import FOLDER, available, path
+    from mrtl.selfsup import shipped_checkpoint
+
+    readme = (FOLDER / "README.md").read_text()
+    assert available() == [4, 8]
+    for R in (4, 8):
+        p = path(R)
+        assert p == shipped_checkpoint(R)
+        assert p.stat().st_size < 3 * 2**20  # a few MB at most
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        assert re.search(rf"`natural_R{R}\.pt` \| {R} \| {p.stat().st_size} \|.*`{digest}`", readme)
+        torch.load(p, map_location="cpu", weights_only=True)
+        m = load_model(p)
+        assert m.coils == "single" and m.image_shape == (64, 64)
+    with pytest.raises(ValueError, match="R = 4 and 8"):
+        path(6)
