@@ -89,7 +89,7 @@ def _weights(H: int, W: int, kind: str) -> torch.Tensor:
 def split_mask(mask, rho: float = 0.4, kind: str = "gaussian", calib: Optional[int] = None,
                generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Partition the acquired k-space locations into a DC set Theta and a loss set Lambda (SSDU,
-    Yaman et al., MRM 2020, Eq. 6-7 there: ``Omega = Theta u Lambda``, disjoint).
+    Yaman et al., MRM 2020: ``Omega = Theta u Lambda``, disjoint).
 
     ``round(rho |Omega|)`` locations (at most the acquired ones outside the calibration square)
     are drawn without replacement into Lambda, with probability proportional to a 2D Gaussian
@@ -156,7 +156,7 @@ def split_mask(mask, rho: float = 0.4, kind: str = "gaussian", calib: Optional[i
 
 def ssdu_loss(pred_kspace: torch.Tensor, kspace: torch.Tensor, loss_mask: torch.Tensor,
               reduction: str = "mean", eps: float = 1e-12) -> torch.Tensor:
-    """The normalised L1-L2 loss of SSDU (Yaman et al., MRM 2020, Eq. 9 there) on the loss set
+    """The normalised L1-L2 loss of SSDU (Yaman et al., MRM 2020) on the loss set
     Lambda: ``||y_L - E_L x||_2 / ||y_L||_2 + ||y_L - E_L x||_1 / ||y_L||_1``, per slice.
 
     Args:
