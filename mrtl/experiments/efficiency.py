@@ -528,7 +528,7 @@ def plot_efficiency(table: pd.DataFrame, cfg: EfficiencyConfig | dict | None = N
     labels = method_labels(EfficiencyConfig(peft_which=which, scale="small"))
     t = table[table["table"] == TABLE_ID] if "table" in table.columns else table
     Rs = sorted(set(t["R"]))
-    fig, axes = plt.subplots(1, len(Rs), figsize=(5.6 * len(Rs), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(Rs), figsize=(min(5.0 * len(Rs), 10.0), 4.6), squeeze=False)
     sd = "psnr_sd_seeds" if "psnr_sd_seeds" in t.columns else "psnr_std"
     colors = {TUNED: "tab:orange", SSDU: "tab:green", (f"PEFT ({which})", "tuned"): "tab:purple",
               SCRATCH: "tab:gray", ZS_RANDOM: "tab:cyan", ZS_NATURAL: "tab:blue"}
@@ -543,8 +543,9 @@ def plot_efficiency(table: pd.DataFrame, cfg: EfficiencyConfig | dict | None = N
                 continue
             if ms in (ZS_RANDOM, ZS_NATURAL):
                 off = -0.08 if ms == ZS_RANDOM else 0.08
+                n_scans = int(rows["n"].iloc[0]) if "n" in rows.columns else None
                 ax.errorbar([off], rows["psnr_mean"], yerr=rows[sd].fillna(0), fmt="D", color=col, capsize=3,
-                            label=labels[ms])
+                            label=labels[ms] + (f", {n_scans} test scans" if n_scans else ""))
                 continue
             if ms != SCRATCH and not raw.empty:
                 rows = pd.concat([raw, rows])
@@ -559,8 +560,9 @@ def plot_efficiency(table: pd.DataFrame, cfg: EfficiencyConfig | dict | None = N
         ax.set_ylabel("test PSNR (dB)")
         ax.set_title(f"R = {R}")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
 
 
