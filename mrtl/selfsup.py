@@ -47,7 +47,7 @@ from .linops import zero_filled
 from .models import Cascade
 from .utils import get_device, progress
 
-__all__ = ["split_mask", "ssdu_loss", "ssdu_finetune", "zsssl", "shipped_checkpoint", "detect_calib"]
+__all__ = ["split_mask", "ssdu_loss", "ssdu_finetune", "zsssl", "shipped_checkpoint", "detect_calib", "as_unsupervised_data"]
 
 # ----------------------------------------------------------------------------------------------
 # splitting the acquired locations

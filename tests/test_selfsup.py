@@ -250,3 +250,18 @@ def test_shipped_checkpoints_match_their_readme_and_load_weights_only():
         assert m.coils == "single" and m.image_shape == (64, 64)
     with pytest.raises(ValueError, match="R = 4 and 8"):
         path(6)
+
+
+def test_zsssl_multicoil_single_slice():
+    from mrtl.data import ImageRecord, UndersampledDataset
+    from mrtl.train import as_train_data
+
+    g = torch.Generator().manual_seed(1)
+    src = [ImageRecord(torch.nn.functional.avg_pool2d(torch.rand(1, 1, 35, 35, generator=g), 4, 1)[0, 0], "s", "x", 0, True)]
+    td = as_train_data(UndersampledDataset(src, poisson_disc((32, 32), 3, seed=0)[None], coils="simulate", n_coils=4,
+                                           n_virtual=4, n_map_sets=1, seed=0), cc=False)
+    img, info = zsssl(td.kspace[0], td.mask[0], td.maps[0], model_kwargs=dict(n_subnets=2, coils="multi", width=4, depth=1),
+                      n_splits=2, max_epochs=3, patience=1, lr=1e-3)
+    assert img.shape == (32, 32) and bool(torch.isfinite(img).all()) and info["stopped_epoch"] <= 3
+    with pytest.raises(ValueError, match="maps"):
+        zsssl(td.kspace[0], td.mask[0], model_kwargs=dict(n_subnets=2, coils="multi", width=4, depth=1))
