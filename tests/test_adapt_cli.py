@@ -63,3 +63,20 @@ def test_adapt_errors_are_one_line(tmp_path, capsys):
     (us / "s1_kspace.npy").unlink()  # one slice left: nothing to validate on
     assert main(["adapt", "--data", str(us), "--output", str(tmp_path / "o"), "--mode", "ssdu"]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_adapt_help_explains_each_option(capsys):
+    import argparse
+
+    import pytest
+
+    from mrtl.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    with pytest.raises(SystemExit) as e:
+        main(["adapt", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for a in sub.choices["adapt"]._actions:
+        if a.option_strings and a.dest != "help":
+            assert a.help and len(a.help) > 10 and a.option_strings[0] in out, a.option_strings
