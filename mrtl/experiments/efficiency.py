@@ -25,7 +25,6 @@ The compute each method used (training seconds) is recorded per seed, R and Ntun
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import numpy as np
