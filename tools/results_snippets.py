@@ -166,6 +166,56 @@ def _lr_choices(sel: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _efficiency_md(t: pd.DataFrame) -> list[str]:
+    """Test PSNR (mean ± sd over seeds) per Ntune and method, one block per R."""
+    cols = (("Scratch", "-", "from scratch"), ("Natural-trained", "tuned", "natural + supervised"),
+            ("SSDU", "tuned", "natural + SSDU"))
+    peft = sorted(m for m in set(t["method"]) if str(m).startswith("PEFT"))
+    cols += tuple((m, "tuned", f"natural + {m}") for m in peft)
+    L = ["| R | Ntune | " + " | ".join(c[2] for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for R in sorted(set(t["R"])):
+        tr = t[t["R"] == R]
+        raw = tr[(tr["method"] == "Natural-trained") & (tr["stage"] == "raw")]
+        if len(raw):
+            r = raw.iloc[0]
+            L.append(f"| {R} | 0 | - | {_pm(float(r['psnr_mean']), float(r['psnr_sd_seeds']))} (raw) | - |" + " - |" * len(peft))
+        for n in sorted(set(tr["n_tune"]) - {0}):
+            cells = []
+            for m, st, _ in cols:
+                r = tr[(tr["method"] == m) & (tr["stage"] == st) & (tr["n_tune"] == n)]
+                cells.append("-" if r.empty else _pm(float(r.iloc[0]["psnr_mean"]), float(r.iloc[0]["psnr_sd_seeds"])))
+            L.append(f"| {R} | {n} | " + " | ".join(cells) + " |")
+    flat = [m for m in ("CS", "ZS-SSL (random init)", "ZS-SSL (natural init)") if m in set(t["method"])]
+    for R in sorted(set(t["R"])):
+        parts = []
+        for m in flat:
+            r = t[(t["R"] == R) & (t["method"] == m)].iloc[0]
+            parts.append(f"{m} {_pm(float(r['psnr_mean']), float(r['psnr_sd_seeds']))} ({int(r['n'])} slices)")
+        L.append("")
+        L.append(f"R = {R}, without target training slices: " + "; ".join(parts) + ".")
+    return L
+
+
+def _efficiency_part(results: Path) -> list[str]:
+    d = results / "efficiency"
+    if not (d / "efficiency.csv").exists():
+        return []
+    ef = _load(results, "efficiency")
+    if not len(ef["claims"]):
+        return []
+    ecfg = ef["json"].get("config", {})
+    L = ["", "Beyond the paper, the data-efficiency study (`results/small/efficiency`, chapter 7 of the book; the "
+         "training seconds of every method are in its compute table): test PSNR in dB (mean ± sd over seeds) against "
+         "the number of target slices Ntune; SSDU never sees a fully sampled image (its epochs and learning rate are "
+         "chosen on its self-supervised validation loss; its split, "
+         f"rho {ecfg.get('ssdu_rho')} {ecfg.get('ssdu_kind')}, is fixed, not tuned); ZS-SSL trains on each "
+         "test scan alone:", ""]
+    L += _efficiency_md(ef["table"])
+    L += ["", "Its claims (paired differences averaged over R, same protocol as above):", ""]
+    L += _claims_md(ef["claims"])
+    return L
+
+
 def readme_section(results: Path = SMALL) -> str:
     """The README's results section (from ``## Results at small scale`` up to the next section)."""
     tr, sw, mc = (_load(results, s) for s in ("transfer", "sweep", "multicoil"))
@@ -213,6 +263,7 @@ def readme_section(results: Path = SMALL) -> str:
         L += _multicoil_md(mc["table"])
         L += [""]
         L += _claims_md(mc["claims"])
+    L += _efficiency_part(results)
     L += ["", f"Chosen on validation (seeds in order): CS {_cs_choices(tr['selections'], 'CS')}; learning rates "
           f"{_lr_choices(tr['selections'])}. Fine-tuned and from-scratch networks, kept / stopped epoch:", ""]
     L += _stops(tr["training"])
