@@ -250,3 +250,25 @@ def test_cli_config_errors_name_the_field_of_the_file(tmp_path, capsys, section,
     rc, err = _cli(["train", "--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and len(err) == 1 and words in err[0], err
     assert not (tmp_path / "o").exists()  # refused before anything was trained or written
+
+
+def test_acceleration_is_checked_by_one_function():
+    """Every R check in the package goes through ``check_acceleration`` (one rule, one message):
+    no module validates an acceleration with a bare ``check_float``."""
+    import re
+    from pathlib import Path
+
+    import mrtl
+    import mrtl.recon
+    from mrtl._validate import check_acceleration
+
+    root = Path(mrtl.__file__).parent
+    bare = re.compile(r"check_float\(\s*\w*(acceleration|\bR\b)\w*\s*,")
+    offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.name != "_validate.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if bare.search(line)]
+    assert not offenders, f"R checked with a bare check_float at {offenders}"
+    with pytest.raises(ValueError, match="acceleration"):
+        mrtl.recon.default_cs_lambda(0.5)
+    with pytest.raises(ValueError, match="acceleration"):
+        mrtl.recon.spirit.default_spirit_iterations(0.9)
+    assert check_acceleration(64.0, high=None) == 64.0  # a measured R may exceed the 20 cap

@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._validate import check_choice, check_float, check_int
+from .._validate import check_acceleration, check_choice, check_float, check_int
 from ..linops import SingleCoilFourier
 from ..utils import progress as _progress
 from ..wavelets import WaveletTransform
@@ -104,7 +104,7 @@ def default_cs_lambda(acceleration, n_iter: int = DEFAULT_CS_ITERATIONS) -> floa
             raise ValueError(f"acceleration: expected finite values >= 1, got {acceleration}")
         R = acceleration.to(torch.float64)
     else:
-        R = check_float(acceleration, "acceleration", low=1.0)
+        R = check_acceleration(acceleration, high=None)  # mrtl's one R check; no cap: any mask's achieved R
     n = min(max(float(n_iter), 80.0), 200.0)
     lam = _LAM_C * (R / 4.0) ** _LAM_R_EXP * (200.0 / n) ** _LAM_ITER_EXP
     if isinstance(lam, torch.Tensor):

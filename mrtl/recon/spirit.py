@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .._validate import check_complex, check_float, check_int
+from .._validate import check_acceleration, check_complex, check_float, check_int
 from ..coils import espirit_maps
 from ..fft import ifft2c
 from ..linops import MultiCoilFourier, coil_combine, spirit_apply
@@ -74,7 +74,7 @@ def default_spirit_iterations(acceleration: float) -> int:
     ``[20, 30, 45, 65, 80]`` for ``R = [2, 4, 6, 8, 10]``; linear interpolation in between,
     clamped outside.
     """
-    R = check_float(acceleration, "acceleration", low=1.0)
+    R = check_acceleration(acceleration, high=None)  # mrtl's one R check; no cap: any mask's achieved R
     return int(round(float(np.interp(R, PAPER_R, PAPER_ITERS))))
 
 
