@@ -33,24 +33,32 @@ def _mc_data(source, R, cfg, split, seed_offset, phase):
     return _with_spirit_operator(data, cfg.kernel_size)
 
 
-def _spirit(kspace, mask, kernel_size: int = 3, lam: float = 1e-3, n_iter: int = 30, maps=None):
+def _spirit(kspace, mask, kernel_size: int = 3, lam: float = 1e-3, n_iter: int = 30, maps=None,
+            stabilize: bool = True):
     """L1-SPIRiT (POCS, Eq. 3) with a kernel of ``kernel_size`` calibrated on the fully sampled
-    centre of each image (Tikhonov 1e-2): the function ``select_parameters`` searches."""
+    centre of each image (Tikhonov 1e-2): the function ``select_parameters`` searches.
+
+    ``stabilize`` is on the validation grid too: clipping the operator's singular values at 1
+    (``l1_spirit_pocs``' default) never diverges but changes the operator; where the unclipped
+    iteration converges it is several dB better (seed 0, R = 4, 3x3 kernel, lambda 1e-3, 30
+    iterations on the 12 validation images: 26.28 dB clipped, 32.07 dB unclipped), so a
+    baseline with the clipping forced on would be handicapped."""
     from ..recon import l1_spirit_pocs, spirit_calibrate
 
     ker = spirit_calibrate(kspace, kernel_size=int(kernel_size), tikhonov=1e-2)
-    return l1_spirit_pocs(kspace, mask, ker, lam=lam, n_iter=int(n_iter), maps=maps)
+    return l1_spirit_pocs(kspace, mask, ker, lam=lam, n_iter=int(n_iter), maps=maps, stabilize=bool(stabilize))
 
 
-def _spirit_or_nan(kspace, mask, kernel_size: int = 3, lam: float = 1e-3, n_iter: int = 30, maps=None):
+def _spirit_or_nan(kspace, mask, kernel_size: int = 3, lam: float = 1e-3, n_iter: int = 30, maps=None,
+                   stabilize: bool = True):
     """:func:`_spirit` for the validation grid: a setting whose iteration diverges (a kernel too
     large for the calibration square) scores as an all-zero image (the PSNR of no
     reconstruction), so the grid search rejects it."""
     try:
-        return _spirit(kspace, mask, kernel_size=kernel_size, lam=lam, n_iter=n_iter, maps=maps)
+        return _spirit(kspace, mask, kernel_size=kernel_size, lam=lam, n_iter=n_iter, maps=maps, stabilize=stabilize)
     except FloatingPointError:
         C.log(f"L1-SPIRiT diverged on the validation images with kernel {kernel_size}, lambda {lam:g}, "
-              f"{n_iter} iterations: rejected")
+              f"{n_iter} iterations, stabilize={bool(stabilize)}: rejected")
         return torch.zeros(tuple(kspace.shape[:1]) + tuple(kspace.shape[-2:]), dtype=torch.complex64)
 
 
@@ -69,7 +77,7 @@ def _one_seed(cfg: MulticoilConfig, target_src: dict, timings: dict):
         # L1-SPIRiT: kernel size, lambda and iterations chosen on the validation images
         t0 = time.perf_counter()
         grid = {"kernel_size": list(cfg.spirit_kernel_grid), "lam": list(cfg.spirit_lam_grid),
-                "n_iter": list(cfg.spirit_iter_grid)}
+                "n_iter": list(cfg.spirit_iter_grid), "stabilize": [True, False]}
         best, tab = select_parameters(_spirit_or_nan, val.kspace, val.mask, val.reference, grid=grid, maps=val.maps)
         spirit_params[int(R)] = best
         tr.selections.append(dict(seed=s, R=int(R), what="L1-SPIRiT", network="SPIRiT", grid=json.dumps(grid),
@@ -137,7 +145,13 @@ def _one_seed(cfg: MulticoilConfig, target_src: dict, timings: dict):
             test = _mc_data(target_src["test"](n=cfg.n_test), R, cfg, "test", 1000, "zero")
             rows += C.records_to_rows(C.zero_filled_records(test), **key, method="Zero-filled", stage="-", n_train=0, n_tune=0)
             t0 = time.perf_counter()
-            res = _spirit(test.kspace, test.mask, maps=test.maps, **spirit_params[int(R)])
+            try:
+                res = _spirit(test.kspace, test.mask, maps=test.maps, **spirit_params[int(R)])
+            except FloatingPointError:  # the unclipped operator chosen on validation diverges here:
+                # fall back to the clipped one (a fixed rule, logged; never a choice on test scores)
+                C.log(f"seed {s} R={R}: L1-SPIRiT with {spirit_params[int(R)]} diverged on the test images; "
+                      "rerun with stabilize=True")
+                res = _spirit(test.kspace, test.mask, maps=test.maps, **{**spirit_params[int(R)], "stabilize": True})
             timings[f"s{s}_spirit_R{R}"] = round(time.perf_counter() - t0, 2)
             rows += C.records_to_rows(C.score(res.image, test), **key, method="SPIRiT", stage="-", n_train=0, n_tune=0)
             for R_, method, stage, n_train, n_tune, net in nets:
