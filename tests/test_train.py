@@ -186,10 +186,14 @@ def test_presets_are_the_papers_and_the_defaults():
     assert PAPER["train"]["epochs_per_subnet"] == 20 and PAPER["finetune"]["epochs"] == 100
     assert PAPER["train"]["batch_size"] == 50 and PAPER["model"]["width"] == 64 and PAPER["model"]["n_subnets"] == 5
     assert PAPER["train"]["weight_decay"] == 1e-6 and tuple(PAPER["train"]["betas"]) == (0.9, 0.999)
-    for fn, phase in ((train_sequential, "train"), (finetune, "finetune")):
-        defaults = {k: v.default for k, v in inspect.signature(fn).parameters.items()}
+    from mrtl.train import TrainSettings
+
+    for fn, phase, settings in ((train_sequential, "train", TrainSettings.pretrain()),
+                                (finetune, "finetune", TrainSettings.finetune())):
+        defaults = {k: v.default for k, v in inspect.signature(fn).parameters.items()}  # as help() shows them
         for key, value in PAPER[phase].items():
             assert defaults[key] == value, (fn.__name__, key)
+            assert getattr(settings, "epochs" if key.startswith("epochs") else key) == value, (phase, key)
     Cascade(**SMALL["model"])
 
 
@@ -622,33 +626,84 @@ def test_amp_path_runs_on_cpu(coils):
 
 
 # ---------------------------------------------------------------- the package's shared pieces
-def test_settings_object_matches_both_signatures():
-    """train_sequential and finetune share TrainSettings: every keyword of either is a field
-    (epochs_per_subnet/epochs -> epochs), with the same default, and the config keys
-    (TRAIN_KEYS/FINETUNE_KEYS) are read from the signatures instead of being typed twice."""
+def test_unknown_keyword_is_a_type_error_naming_it():
+    """The settings are TrainSettings' fields, not a signature, so the functions check keywords
+    themselves: a misspelt or foreign one is a TypeError naming it, the function and the valid
+    keywords (before any training or device work)."""
+    from mrtl.train import TrainSettings
+
+    tr = _tiny(4)
+    m = Cascade(1, width=4, depth=1, seed=0)
+    before = _weights(m)
+    with pytest.raises(TypeError, match=r"train_sequential\(\).*'pacience'.*did you mean 'patience'") as e:
+        train_sequential(m, tr, pacience=2, **KW)
+    assert "valid keywords: epochs_per_subnet, lr," in str(e.value) and "resample_masks" in str(e.value)
+    # each phase names its own epoch count: E per subnetwork (Eq. 11) vs the fine-tuning budget
+    with pytest.raises(TypeError, match=r"train_sequential\(\).*'epochs'.*'epochs_per_subnet'"):
+        train_sequential(m, tr, epochs=1, **KW)
+    with pytest.raises(TypeError, match=r"finetune\(\).*'epochs_per_subnet'.*'epochs'"):
+        finetune(m, tr, epochs_per_subnet=1, **KW)
+    with pytest.raises(TypeError, match=r"TrainSettings.pretrain\(\).*'bach_size'"):
+        TrainSettings.pretrain(bach_size=4)
+    with pytest.raises(TypeError, match="settings: expected mrtl.train.TrainSettings"):
+        finetune(m, tr, None, dict(lr=1e-3))
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(m)))
+
+
+@pytest.mark.parametrize("key, value", [("stages", [1]), ("cache_prefix", False), ("resample_masks", False)])
+def test_finetune_refuses_pretraining_only_settings(key, value):
+    """cache_prefix, stages and resample_masks mean something only in sequential pretraining:
+    finetune refuses them (it used to be a plain TypeError of the signature) instead of
+    ignoring them; the message says why."""
+    from mrtl.train import TrainSettings
+
+    m = Cascade(1, width=4, depth=1, seed=0)
+    with pytest.raises(TypeError, match=rf"finetune\(\).*'{key}': it applies to sequential pretraining only"):
+        finetune(m, _tiny(4), epochs=1, **{key: value}, **KW)
+    with pytest.raises(TypeError, match=key):
+        TrainSettings.finetune(**{key: value})
+
+
+def test_settings_object_and_overrides_train_like_keywords():
+    """settings=TrainSettings.pretrain(...)/finetune(...) plus keyword overrides (which replace
+    its fields) trains bit for bit like the same values given as keywords; the override really
+    acts (the object's own lr gives other weights) and the object is not changed."""
+    from mrtl.train import TrainSettings
+
+    tr, va = _tiny(8, seed=0), _tiny(4, seed=1)
+    kw = dict(KW, lr=3e-3, seed=2)
+
+    def run(**call):
+        m = Cascade(2, width=4, depth=1, seed=0)
+        train_sequential(m, tr, va, **call.pop("pre", {}))
+        finetune(m, tr, va, **call.pop("ft", {}))
+        return _weights(m)
+
+    pre = TrainSettings.pretrain(epochs_per_subnet=1, **KW)
+    ft = TrainSettings.finetune(epochs=1, **KW)
+    by_object = run(pre=dict(settings=pre, lr=3e-3, seed=2), ft=dict(settings=ft, epochs=2, lr=3e-3, seed=2))
+    by_keywords = run(pre=dict(epochs_per_subnet=1, **kw), ft=dict(epochs=2, **kw))
+    assert all(torch.equal(a, b) for a, b in zip(by_object, by_keywords))
+    without_override = run(pre=dict(settings=pre), ft=dict(settings=ft))
+    assert not all(torch.equal(a, b) for a, b in zip(by_object, without_override))
+    assert (pre.epochs, pre.lr, pre.seed, ft.epochs, ft.lr) == (1, KW["lr"], 0, 1, KW["lr"])
+
+
+def test_config_keys_are_the_settings_of_each_phase():
+    """TRAIN_KEYS/FINETUNE_KEYS (what a config file's ``train``/``finetune`` sections may hold)
+    are derived from TrainSettings' fields; typed out here to catch a field lost or added."""
     import dataclasses
-    import inspect
 
     from mrtl.train import FINETUNE_KEYS, TRAIN_KEYS, TrainSettings
 
-    fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
-    pretrain_only = {"cache_prefix", "stages", "resample_masks"}
-    for fn, epochs_key, keys in ((train_sequential, "epochs_per_subnet", TRAIN_KEYS), (finetune, "epochs", FINETUNE_KEYS)):
-        params = inspect.signature(fn).parameters
-        args = [k for k in params if k not in ("model", "train_set", "tune_set", "val_set")]
-        # the config keys are the settings object's fields (epochs under the phase's name; the
-        # pretraining-only fields only for train_sequential), not a second hand-typed list
-        want = {epochs_key if f == "epochs" else f for f in fields} - {"callback"}
-        assert set(keys) == (want if fn is train_sequential else want - pretrain_only), (fn.__name__, set(keys) ^ want)
-        assert len(keys) == len(set(keys))
-        named = {("epochs" if a == epochs_key else a) for a in args}
-        assert named <= set(fields), named - set(fields)
-        assert set(fields) - named <= pretrain_only
-        for a in args:
-            f = "epochs" if a == epochs_key else a
-            if f not in ("epochs", "lr"):  # these two have per-phase defaults (PAPER)
-                assert params[a].default == fields[f], (fn.__name__, a)
-
+    common = {"lr", "betas", "weight_decay", "batch_size", "device", "amp", "tf32", "out_dir", "resume", "seed",
+              "select_best", "patience", "select_on", "log_every", "progress_bar"}
+    assert set(TRAIN_KEYS) == common | {"epochs_per_subnet", "cache_prefix", "stages", "resample_masks"}
+    assert set(FINETUNE_KEYS) == common | {"epochs"}
+    assert len(TRAIN_KEYS) == len(set(TRAIN_KEYS)) and len(FINETUNE_KEYS) == len(set(FINETUNE_KEYS))
+    # every field is a keyword of pretraining (callback is not a config key: a function)
+    assert {f.name for f in dataclasses.fields(TrainSettings)} == (set(TRAIN_KEYS) - {"epochs_per_subnet"}) | {
+        "epochs", "callback"}
 
 def test_validation_psnr_is_the_metrics_formula():
     """The trainer's validation PSNR is mrtl.metrics.psnr (one implementation), except that a NaN

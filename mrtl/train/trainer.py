@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
+import inspect
 import io
 import json
 import os
@@ -45,6 +47,13 @@ DIVERGENCE_DB = 30.0
 
 _PT, _PF = PAPER["train"], PAPER["finetune"]
 
+#: Per phase: the function that runs it, the keyword its ``epochs`` goes by, and its defaults
+#: (:data:`mrtl.presets.PAPER`).
+_PHASES = {"pretrain": ("train_sequential", "epochs_per_subnet", _PT), "finetune": ("finetune", "epochs", _PF)}
+
+#: The fields that only sequential pretraining reads (refused as keywords by :func:`finetune`).
+_PRETRAIN_ONLY = ("cache_prefix", "stages", "resample_masks")
+
 
 class TrainingDiverged(RuntimeError):
     """Training produced a non-finite loss or weights, or collapsed (see :data:`DIVERGENCE_DB`).
@@ -57,9 +66,49 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainSettings:
-    """The settings of :func:`train_sequential` and :func:`finetune` (their keyword arguments;
-    ``epochs`` is ``epochs_per_subnet`` in pretraining). The last three apply to pretraining only.
-    Defaults: the paper's (:data:`mrtl.presets.PAPER`)."""
+    """The settings of :func:`train_sequential` and :func:`finetune`, written once for both.
+
+    Build them with :meth:`pretrain` / :meth:`finetune` (the phase's defaults, the paper's:
+    :data:`mrtl.presets.PAPER`, ``"train"`` and ``"finetune"``), or give the fields as keywords
+    to the two functions. ``epochs`` goes by the keyword ``epochs_per_subnet`` in pretraining and
+    ``epochs`` in fine-tuning; the last three fields apply to pretraining only.
+
+    Args:
+        epochs: the epoch budget of a phase: E, epochs per subnetwork, in sequential pretraining
+            (Eq. 11; paper: 20), or the fine-tuning epochs (paper: 100); the maximum when
+            ``patience`` is set.
+        lr: Adam learning rate (paper: 1e-4 pretraining, 1e-5 fine-tuning).
+        betas: Adam betas (paper: 0.9, 0.999).
+        weight_decay: gamma of Eq. 5/11 (paper: 1e-6), penalty ``gamma ||theta_p||^2`` (Adam's
+            coupled weight decay ``2 * gamma``, its gradient).
+        batch_size: global batch size (paper: 50), split across ranks under torchrun.
+        device: "cpu", "cuda", None (auto).
+        amp: bf16 autocast of the subnetworks (DC/CC stay in float32): for speed on CUDA; the
+            same path runs on CPU (slower there, but it is how tests exercise it without a GPU).
+        tf32: allow TF32 matmuls/convolutions on CUDA.
+        out_dir: folder for checkpoints and logs (``*_pretrain.*`` / ``*_finetune.*``; None:
+            nothing written, no resume).
+        resume: continue from ``out_dir/checkpoint_<phase>.pt`` if present.
+        seed: seeds the batch order (and the global RNGs).
+        select_best: keep the best epoch (of each stage in pretraining; by ``select_on``, the
+            lowest training loss without a validation set).
+        patience: early stopping: end a stage (or fine-tuning) once its selection score has not
+            improved for ``patience`` consecutive epochs (so it stops after epoch
+            ``best + patience``); ``epochs`` is then the maximum budget. None: run every epoch.
+        select_on: ``"loss"`` (validation loss, Eq. 5) or ``"psnr"`` (validation PSNR, needs a
+            validation set): the score that picks the best epoch and drives ``patience``.
+        log_every: print a line every this many epochs (0: never).
+        progress_bar: show tqdm bars (also silenced by ``MRTL_QUIET=1``).
+        callback: called after every optimisation step with a dict (phase, stage, epoch, step,
+            loss); raising from it interrupts training (used to test resume).
+        cache_prefix: (pretraining) cache the frozen prefix output once per stage (False
+            recomputes it every batch; same result, slower).
+        stages: (pretraining) train only these stages (1-based; default all).
+        resample_masks: (pretraining) when the training set has ``set_epoch``
+            (``UndersampledDataset``), call ``set_epoch(p - 1)`` before stage p, so each stage
+            draws new masks from the bank (masks stay fixed within a stage, which the prefix
+            cache needs).
+    """
 
     epochs: int
     lr: float
@@ -81,6 +130,59 @@ class TrainSettings:
     cache_prefix: bool = True
     stages: Optional[Sequence[int]] = None
     resample_masks: bool = True
+
+    @classmethod
+    def pretrain(cls, **overrides) -> "TrainSettings":
+        """Sequential pretraining's settings: ``PAPER["train"]`` with ``overrides`` (the keywords
+        of :func:`train_sequential`, ``epochs_per_subnet`` for ``epochs``)."""
+        return cls.for_phase("pretrain", None, overrides, caller="TrainSettings.pretrain")
+
+    @classmethod
+    def finetune(cls, **overrides) -> "TrainSettings":
+        """Fine-tuning's settings: ``PAPER["finetune"]`` with ``overrides`` (the keywords of
+        :func:`finetune`; no pretraining-only fields)."""
+        return cls.for_phase("finetune", None, overrides, caller="TrainSettings.finetune")
+
+    @classmethod
+    def keywords(cls, phase: str) -> tuple[str, ...]:
+        """The keywords a phase takes, in field order: ``epochs`` under the phase's name
+        (``epochs_per_subnet``/``epochs``), the pretraining-only fields only for ``"pretrain"``."""
+        epochs_key = _PHASES[check_choice(phase, "phase", tuple(_PHASES))][1]
+        return tuple(epochs_key if f.name == "epochs" else f.name for f in dataclasses.fields(cls)
+                     if phase == "pretrain" or f.name not in _PRETRAIN_ONLY)
+
+    @classmethod
+    def for_phase(cls, phase: str, settings: Optional["TrainSettings"] = None, overrides: Optional[dict] = None,
+                  caller: Optional[str] = None) -> "TrainSettings":
+        """The settings of one call: ``settings`` (default: the phase's paper defaults) with the
+        fields named in ``overrides`` (keywords as :meth:`keywords`) replaced.
+
+        Raises:
+            TypeError: a keyword the phase does not take (named, with the valid ones), or
+                ``settings`` that is not a :class:`TrainSettings`.
+        """
+        valid = cls.keywords(phase)
+        fn, epochs_key, preset = _PHASES[phase]
+        caller = caller or fn
+        overrides = dict(overrides or {})
+        for k in overrides:
+            if k in valid:
+                continue
+            if k in _PRETRAIN_ONLY:
+                why = f"{k!r}: it applies to sequential pretraining only (train_sequential)"
+            else:
+                other = {v[1] for v in _PHASES.values()} - {epochs_key}
+                hint = (f" (this phase's epoch count is {epochs_key!r})" if k in other
+                        else "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(k, valid, n=1)))
+                why = f"{k!r}{hint}"
+            raise TypeError(f"{caller}() got an unexpected keyword argument {why}; valid keywords: {', '.join(valid)}")
+        fields = {("epochs" if k == epochs_key else k): v for k, v in overrides.items()}
+        if settings is None:
+            return cls(**({("epochs" if k == epochs_key else k): v for k, v in preset.items()} | fields))
+        if not isinstance(settings, TrainSettings):
+            raise TypeError(f"settings: expected mrtl.train.TrainSettings (e.g. TrainSettings.{phase}(...)) or None, "
+                            f"got {type(settings).__name__}")
+        return dataclasses.replace(settings, **fields)
 
     def checked(self, epochs_name: str, has_val: bool) -> "TrainSettings":
         """A validated copy (``patience`` as an int); errors name the argument (``epochs_name``
@@ -105,14 +207,6 @@ class TrainSettings:
     @property
     def criterion(self) -> str:
         return "val_psnr" if self.select_on == "psnr" else "val_loss"
-
-
-def _settings(fn_locals: dict, epochs_key: str) -> TrainSettings:
-    """The :class:`TrainSettings` of a call of :func:`train_sequential`/:func:`finetune`, from its
-    arguments (``fn_locals``: its ``locals()`` at entry)."""
-    names = {f.name for f in dataclasses.fields(TrainSettings)} - {"epochs"}
-    kw = {k: v for k, v in fn_locals.items() if k in names}
-    return TrainSettings(epochs=fn_locals[epochs_key], **kw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -566,31 +660,8 @@ def _load_data(dataset, name: str, model: Cascade, device) -> TrainData:
     return data
 
 
-def train_sequential(
-    model: Cascade,
-    train_set,
-    val_set=None,
-    epochs_per_subnet: int = _PT["epochs_per_subnet"],
-    lr: float = _PT["lr"],
-    betas: Sequence[float] = _PT["betas"],
-    weight_decay: float = _PT["weight_decay"],
-    batch_size: int = _PT["batch_size"],
-    device=None,
-    amp: bool = False,
-    tf32: bool = True,
-    out_dir=None,
-    resume: bool = True,
-    seed: int = 0,
-    cache_prefix: bool = True,
-    select_best: bool = True,
-    patience: Optional[int] = None,
-    select_on: str = "loss",
-    log_every: int = 0,
-    progress_bar: bool = True,
-    stages: Optional[Sequence[int]] = None,
-    resample_masks: bool = True,
-    callback: Optional[Callable[[dict], None]] = None,
-) -> dict:
+def train_sequential(model: Cascade, train_set, val_set=None, settings: Optional[TrainSettings] = None,
+                     **overrides) -> dict:
     """Sequential training of the subnetworks (Eq. 11): subnetwork p is trained with 1..p-1 frozen.
 
     Args:
@@ -598,35 +669,12 @@ def train_sequential(
         train_set: training samples (``mrtl.data.UndersampledDataset``, any sequence of
             ``Sample``-like records, or :class:`~mrtl.data.TrainData`).
         val_set: validation samples (same kinds), or None (model selection by training loss).
-        epochs_per_subnet: E, epochs per subnetwork (paper: 20).
-        lr: Adam learning rate (paper: 1e-4).
-        betas: Adam betas (paper: 0.9, 0.999).
-        weight_decay: gamma of Eq. 5/11 (paper: 1e-6), penalty ``gamma ||theta_p||^2``.
-        batch_size: global batch size (paper: 50).
-        device: "cpu", "cuda", None (auto).
-        amp: bf16 autocast of the subnetworks (DC/CC stay in float32): for speed on CUDA; the
-            same path runs on CPU (slower there, but it is how tests exercise it without a GPU).
-        tf32: allow TF32 matmuls/convolutions on CUDA.
-        out_dir: folder for checkpoints and logs (None: nothing written, no resume).
-        resume: continue from ``out_dir/checkpoint_pretrain.pt`` if present.
-        seed: seeds the batch order (and the global RNGs).
-        cache_prefix: cache the frozen prefix output once per stage (False recomputes it every
-            batch; same result, slower).
-        select_best: keep each stage's best epoch (by ``select_on``; the lowest training loss
-            without a validation set).
-        patience: early stopping: end a stage once its selection score has not improved for
-            ``patience`` consecutive epochs (so it stops after epoch ``best + patience``);
-            ``epochs_per_subnet`` is then the maximum budget. None: always run every epoch.
-        select_on: ``"loss"`` (validation loss, Eq. 5) or ``"psnr"`` (validation PSNR, needs
-            ``val_set``): the score that picks the best epoch and drives ``patience``.
-        log_every: print a line every this many epochs (0: never).
-        progress_bar: show tqdm bars (also silenced by ``MRTL_QUIET=1``).
-        stages: train only these stages (1-based; default all).
-        resample_masks: when ``train_set`` has ``set_epoch`` (``UndersampledDataset``), call
-            ``set_epoch(p - 1)`` before stage p, so each stage draws new masks from the bank
-            (masks stay fixed within a stage, which the prefix cache needs).
-        callback: called after every optimisation step with a dict (phase, stage, epoch, step,
-            loss); raising from it interrupts training (used to test resume).
+        settings: a :class:`TrainSettings` (default: ``TrainSettings.pretrain()``, the paper's).
+        **overrides: fields of :class:`TrainSettings` (documented there, with the paper's
+            values), each replacing that of ``settings``; ``epochs_per_subnet`` is its
+            ``epochs``: E, the epochs of each subnetwork (Eq. 11; paper: 20), the maximum budget
+            of a stage when ``patience`` is set. Selection and early stopping act per stage;
+            the files are ``*_pretrain.*``.
 
     Returns:
         ``{"history": [per-epoch rows], "best": {stage: (epoch, score)}, "stages": {stage: summary},
@@ -635,20 +683,24 @@ def train_sequential(
         ``max_epochs, patience, select_on, best_epoch, best_score, stopped_epoch,
         early_stopped`` and the learning curves ``epochs, val_psnr, val_loss, train_loss``; the
         same list is written to ``summary_pretrain.json``.
+
+    Raises:
+        TypeError: a keyword that is not a pretraining setting (named, with the valid ones).
     """
-    settings = _settings(locals(), "epochs_per_subnet")
+    settings = TrainSettings.for_phase("pretrain", settings, overrides)
     device, rank, world = _setup(model, settings)
     settings = settings.checked("epochs_per_subnet", val_set is not None)
-    stages = (list(range(1, model.n_subnets + 1)) if stages is None
-              else [check_int(s, f"stages[{i}]", low=1, high=model.n_subnets) for i, s in enumerate(stages)])
+    stages = (list(range(1, model.n_subnets + 1)) if settings.stages is None
+              else [check_int(s, f"stages[{i}]", low=1, high=model.n_subnets) for i, s in enumerate(settings.stages)])
     train = _load_data(train_set, "train_set", model, device)
     val = None if val_set is None else _load_data(val_set, "val_set", model, device)
     if val is not None and val.shape != train.shape:
         raise ValueError(f"val_set: image size {val.shape} differs from train_set's {train.shape}")
     model.remember_training_data(input_p99=input_p99(train))  # saved with the model; reconstruct() scales inputs to it
+    out_dir = settings.out_dir
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    ck = load_resume(out_dir, "pretrain", model, resume)
+    ck = load_resume(out_dir, "pretrain", model, settings.resume)
     history: list = []
     done_stages: set = set()
     resume_stage = None
@@ -663,18 +715,18 @@ def train_sequential(
         resume_stage = int(ck["stage"])
         summaries = {int(k): v for k, v in (ck.get("summaries") or {}).items()}
         bests = {int(k): tuple(v) for k, v in (ck.get("bests") or {}).items()}
-    seed_all(seed, None if ck is None else ck["rng"])  # a resume continues the interrupted run's RNG streams
+    seed_all(settings.seed, None if ck is None else ck["rng"])  # a resume continues the interrupted run's RNG streams
     for p in stages:
         if p in done_stages:
             continue
-        if resample_masks and hasattr(train_set, "set_epoch") and not isinstance(train_set, TrainData):
+        if settings.resample_masks and hasattr(train_set, "set_epoch") and not isinstance(train_set, TrainData):
             # a fresh draw of masks (and augmentation) per stage, fixed within the stage
             train_set.set_epoch(p - 1)
             train = as_train_data(train_set, name="train_set").to(device)
         rc = ck if (ck is not None and resume_stage == p) else None
-        if cache_prefix:
-            train_state = _compute_prefix(model, train, p - 1, batch_size)
-            val_state = None if val is None else _compute_prefix(model, val, p - 1, batch_size)
+        if settings.cache_prefix:
+            train_state = _compute_prefix(model, train, p - 1, settings.batch_size)
+            val_state = None if val is None else _compute_prefix(model, val, p - 1, settings.batch_size)
         else:  # recompute the frozen prefix for every batch (same result, slower)
             train_state = _LazyPrefix(model, train, p - 1)
             val_state = None if val is None else _LazyPrefix(model, val, p - 1)
@@ -705,54 +757,39 @@ def train_sequential(
             "out_dir": None if out_dir is None else str(out_dir)}
 
 
-def finetune(
-    model: Cascade,
-    tune_set,
-    val_set=None,
-    epochs: int = _PF["epochs"],
-    lr: float = _PF["lr"],
-    betas: Sequence[float] = _PF["betas"],
-    weight_decay: float = _PF["weight_decay"],
-    batch_size: int = _PF["batch_size"],
-    device=None,
-    amp: bool = False,
-    tf32: bool = True,
-    out_dir=None,
-    resume: bool = True,
-    seed: int = 0,
-    select_best: bool = True,
-    patience: Optional[int] = None,
-    select_on: str = "loss",
-    log_every: int = 0,
-    progress_bar: bool = True,
-    callback: Optional[Callable[[dict], None]] = None,
-) -> dict:
+def finetune(model: Cascade, tune_set, val_set=None, settings: Optional[TrainSettings] = None, **overrides) -> dict:
     """End-to-end fine-tuning through all subnetworks and DC/CC layers (Eq. 16-17 gradients).
 
     Args:
         model: a (pre)trained :class:`~mrtl.models.Cascade`, tuned in place.
         tune_set: the Ntune target-domain samples.
         val_set: target-domain validation samples (or None).
-        epochs: fine-tuning epochs (paper: 100); the maximum budget when ``patience`` is set.
-        lr: Adam learning rate (paper: 1e-5).
-        patience, select_on: early stopping and the selection score, as :func:`train_sequential`;
-            with a validation set, epoch 0 (the weights before fine-tuning) is a candidate.
-        Other arguments: as :func:`train_sequential` (files are ``*_finetune.*``).
+        settings: a :class:`TrainSettings` (default: ``TrainSettings.finetune()``, the paper's);
+            its pretraining-only fields (``cache_prefix``, ``stages``, ``resample_masks``) are not read.
+        **overrides: fields of :class:`TrainSettings` (documented there, with the paper's
+            values), each replacing that of ``settings``, except the pretraining-only ones
+            (refused): ``epochs`` is the fine-tuning budget (paper: 100), ``lr`` (paper: 1e-5).
+            With a validation set, epoch 0 (the weights before fine-tuning) is a candidate of
+            the selection and of ``patience``. The files are ``*_finetune.*``.
 
     Returns:
         ``{"history": rows (epoch 0 = before fine-tuning), "best": (epoch, score), "summary":
         {...}, "out_dir"}`` with ``score`` and the summary as in :func:`train_sequential`
         (the summary is also written to ``summary_finetune.json`` as a one-element list).
+
+    Raises:
+        TypeError: a keyword that is not a fine-tuning setting (named, with the valid ones).
     """
-    settings = _settings(locals(), "epochs")
+    settings = TrainSettings.for_phase("finetune", settings, overrides)
     device, rank, world = _setup(model, settings)
     settings = settings.checked("epochs", val_set is not None)
+    out_dir = settings.out_dir
     tune = _load_data(tune_set, "tune_set", model, device)
     val = None if val_set is None else _load_data(val_set, "val_set", model, device)
     model.remember_training_data(input_p99=input_p99(tune))  # the target domain's input scale (see train_sequential)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    ck = load_resume(out_dir, "finetune", model, resume)
+    ck = load_resume(out_dir, "finetune", model, settings.resume)
     history: list = []
     if ck is not None:
         model.load_state_dict(ck["model"])
@@ -761,7 +798,7 @@ def finetune(
             model.remember_training_data(image_shape=tune.shape)
             return {"history": history, "best": None if ck.get("best_result") is None else tuple(ck["best_result"]),
                     "summary": ck.get("summary"), "out_dir": str(out_dir)}
-    seed_all(seed)  # the Trainer continues the RNG streams of an interrupted run
+    seed_all(settings.seed)  # the Trainer continues the RNG streams of an interrupted run
     trainer = Trainer(model, phase="finetune", stage=0, settings=settings, train=tune, val=val, history=history,
                       device=device, rank=rank, world=world)
     best, summ = trainer.run(ck)
@@ -781,14 +818,26 @@ def finetune(
             "out_dir": None if out_dir is None else str(out_dir)}
 
 
-def _argument_names(fn) -> tuple[str, ...]:
-    import inspect
+def _phase_signature(fn, phase: str) -> None:
+    """Give ``fn`` (:func:`train_sequential`/:func:`finetune`) the signature its calls actually
+    bind: its own parameters, then every keyword of :meth:`TrainSettings.keywords` with the
+    phase's default, generated from the fields (for ``help()``, editors and the book's keyword
+    checks); the settings themselves stay written once, in :class:`TrainSettings`."""
+    sig = inspect.signature(fn)
+    own = [q for q in sig.parameters.values() if q.kind is not q.VAR_KEYWORD]
+    defaults, epochs_key = TrainSettings.for_phase(phase), _PHASES[phase][1]
+    types = {f.name: f.type for f in dataclasses.fields(TrainSettings)}
+    kw = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, f), annotation=types[f])
+          for k, f in ((k, "epochs" if k == epochs_key else k) for k in TrainSettings.keywords(phase))]
+    fn.__signature__ = sig.replace(parameters=own + kw)
 
-    skip = {"model", "train_set", "tune_set", "val_set", "callback"}
-    return tuple(k for k in inspect.signature(fn).parameters if k not in skip)
 
+_phase_signature(train_sequential, "pretrain")
+_phase_signature(finetune, "finetune")
 
-#: The settings :func:`train_sequential` / :func:`finetune` take (the keys of the ``train`` and
-#: ``finetune`` sections of a config file), read from their signatures.
-TRAIN_KEYS = _argument_names(train_sequential)
-FINETUNE_KEYS = _argument_names(finetune)
+#: The settings :func:`train_sequential` / :func:`finetune` take as keywords (the keys of the
+#: ``train`` and ``finetune`` sections of a config file): the fields of :class:`TrainSettings`
+#: (``epochs`` as ``epochs_per_subnet`` / ``epochs``; the pretraining-only fields only in
+#: ``TRAIN_KEYS``), without ``callback`` (a function has no place in a file).
+TRAIN_KEYS = tuple(k for k in TrainSettings.keywords("pretrain") if k != "callback")
+FINETUNE_KEYS = tuple(k for k in TrainSettings.keywords("finetune") if k != "callback")
