@@ -143,7 +143,7 @@ def check_shape2d(shape, name: str = "shape") -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def check_acceleration(R, name: str = "acceleration", low: float = 1.0, high: float | None = 20.0) -> float:
+def check_acceleration(R, name: str = "R", low: float = 1.0, high: float | None = 20.0) -> float:
     """Validate an acceleration factor R in ``[low, high]`` (default [1, 20]; ``high=None``: no cap,
     for R measured from a given mask)."""
     return check_float(R, name, low=low, high=high)

@@ -205,9 +205,7 @@ def adapt(checkpoint, data, output, R: float = 4, mode: str = "auto", epochs: in
         recon_k, recon_m, recon_maps = k * sc, m, maps
     else:
         tune, val = full, full
-        sub = lambda d, idx: TrainData(d.x_u[idx], d.kspace[idx], d.mask[idx], d.reference[idx],  # noqa: E731
-                                       None if d.maps is None else d.maps[idx], None if d.G_img is None else d.G_img[idx])
-        tune, val = sub(full, tune_idx), sub(full, val_idx)
+        tune, val = full.subset(tune_idx), full.subset(val_idx)
         p0 = float(np.mean([r["psnr"] for r in evaluate(model, val)]))
         log(f"mrtl adapt: supervised fine-tuning (Eq. 5) on {len(tune_idx)} slices at R = {R:g}, {len(val_idx)} held out")
         res = finetune(model, tune, val, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, out_dir=train_dir,

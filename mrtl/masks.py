@@ -174,13 +174,13 @@ _CALIBRATION_SEED = 20200101  # fixed: the slope depends only on (shape, R, cali
 
 
 @functools.lru_cache(maxsize=256)
-def _calibrate_slope(h: int, w: int, acceleration: float, calib: int, max_attempts: int) -> float:
+def _calibrate_slope(h: int, w: int, R: float, calib: int, max_attempts: int) -> float:
     """Find the density slope at which a reference draw reaches R within 1%.
 
     The slope is bracketed by doubling from 2 (large slopes are slow: the disc radius grows
     with the slope), then bisected. It depends only on its arguments, never on a mask's seed.
     """
-    target = acceleration
+    target = R
     cap = float(max(h, w))
     best, best_err = 0.0, math.inf
 
@@ -223,13 +223,13 @@ def _adjust_count(mask: np.ndarray, n_target: int, calib_mask: np.ndarray, densi
     return mask
 
 
-def _poisson_np(h: int, w: int, acceleration: float, calib: int, seed: int, max_attempts: int) -> np.ndarray:
+def _poisson_np(h: int, w: int, R: float, calib: int, seed: int, max_attempts: int) -> np.ndarray:
     n_total = h * w
-    n_target = int(round(n_total / acceleration))
+    n_target = int(round(n_total / R))
     n_target = min(max(n_target, calib * calib, 1), n_total)
     if n_target == n_total:
         return np.ones((h, w), dtype=bool)
-    slope = _calibrate_slope(h, w, float(acceleration), calib, int(max_attempts))
+    slope = _calibrate_slope(h, w, float(R), calib, int(max_attempts))
     s_poisson, s_adjust = np.random.SeedSequence(seed).generate_state(2)
     mask = _poisson_raw(h, w, calib, slope, int(s_poisson), max_attempts)
     calib_mask = np.zeros((h, w), dtype=bool)
@@ -244,17 +244,17 @@ def _poisson_np(h: int, w: int, acceleration: float, calib: int, seed: int, max_
     return _adjust_count(mask, n_target, calib_mask, density, rng)
 
 
-def poisson_disc(shape, acceleration, calib=None, seed: int = 0, max_attempts: int = 30) -> torch.Tensor:
+def poisson_disc(shape, R, calib=None, seed: int = 0, max_attempts: int = 30) -> torch.Tensor:
     """Variable-density Poisson-disc mask with a fully sampled calibration square.
 
     This is the undersampling pattern of the paper (M in Eq. 1-3, 7-9). The minimum distance
     between samples grows linearly with the k-space radius (sigpy's law), so the centre is
     sampled densely and the periphery sparsely; the corners beyond the inscribed ellipse are
-    empty. The achieved acceleration is ``H * W / round(H * W / acceleration)``.
+    empty. The achieved acceleration is ``H * W / round(H * W / R)``.
 
     Args:
         shape: image shape ``(H, W)`` (an int means square); both sides at least 4.
-        acceleration: R in [1, 20].
+        R: the acceleration, in [1, 20].
         calib: side of the fully sampled centre square; default :func:`default_calib`.
             The square alone must not exceed the requested number of samples.
         seed: non-negative integer; same seed, same mask.
@@ -269,25 +269,25 @@ def poisson_disc(shape, acceleration, calib=None, seed: int = 0, max_attempts: i
     h, w = check_shape2d(shape, "shape")
     if min(h, w) < 4:
         raise ValueError(f"shape: expected both sides >= 4 for a Poisson-disc mask, got {(h, w)!r}")
-    acceleration = check_acceleration(acceleration)
+    R = check_acceleration(R)
     calib = _check_calib(calib, (h, w))
     seed = _check_seed(seed)
     max_attempts = check_int(max_attempts, "max_attempts", low=1)
-    if calib * calib > h * w / acceleration * 1.0000001:
+    if calib * calib > h * w / R * 1.0000001:
         raise ValueError(
             f"calib: a {calib}x{calib} calibration square alone samples {calib * calib} of {h * w} points "
-            f"(R = {h * w / calib**2:.2f}), more than acceleration {acceleration} allows; use a smaller calib"
+            f"(R = {h * w / calib**2:.2f}), more than R = {R:g} allows; use a smaller calib"
         )
-    return torch.from_numpy(_poisson_np(h, w, acceleration, calib, seed, max_attempts))
+    return torch.from_numpy(_poisson_np(h, w, R, calib, seed, max_attempts))
 
 
-def _cartesian_np(h: int, w: int, acceleration: float, center_fraction: float, kind: str, seed: int) -> np.ndarray:
+def _cartesian_np(h: int, w: int, R: float, center_fraction: float, kind: str, seed: int) -> np.ndarray:
     n_low = max(1, int(round(w * center_fraction)))
-    n_target = int(round(w / acceleration))
+    n_target = int(round(w / R))
     if n_low > max(n_target, 1):
         raise ValueError(
             f"center_fraction: {center_fraction} gives {n_low} centre columns of {w}, more than the "
-            f"{n_target} columns acceleration {acceleration} allows; use a smaller center_fraction"
+            f"{n_target} columns R = {R:g} allows; use a smaller center_fraction"
         )
     cols = np.zeros(w, dtype=bool)
     c0 = w // 2 - n_low // 2
@@ -310,7 +310,7 @@ def _cartesian_np(h: int, w: int, acceleration: float, center_fraction: float, k
     return mask
 
 
-def cartesian_1d(shape, acceleration, center_fraction: float = 0.08, kind: str = "random", seed: int = 0) -> torch.Tensor:
+def cartesian_1d(shape, R, center_fraction: float = 0.08, kind: str = "random", seed: int = 0) -> torch.Tensor:
     """1D Cartesian mask (fastMRI style): whole k-space columns (phase encodes along W).
 
     ``round(W * center_fraction)`` centre columns are always sampled. ``kind="random"`` adds
@@ -320,7 +320,7 @@ def cartesian_1d(shape, acceleration, center_fraction: float = 0.08, kind: str =
 
     Args:
         shape: image shape ``(H, W)``.
-        acceleration: R in [1, 20].
+        R: the acceleration, in [1, 20].
         center_fraction: fraction of columns in the fully sampled centre, in (0, 1].
         kind: "random" or "equispaced".
         seed: non-negative integer.
@@ -329,11 +329,11 @@ def cartesian_1d(shape, acceleration, center_fraction: float = 0.08, kind: str =
         ``(H, W)`` boolean tensor, the centre block around column ``W // 2``.
     """
     h, w = check_shape2d(shape, "shape")
-    acceleration = check_acceleration(acceleration)
+    R = check_acceleration(R)
     center_fraction = check_float(center_fraction, "center_fraction", low=0.0, high=1.0, low_open=True)
     check_choice(kind, "kind", ("random", "equispaced"))
     seed = _check_seed(seed)
-    return torch.from_numpy(_cartesian_np(h, w, acceleration, center_fraction, kind, seed))
+    return torch.from_numpy(_cartesian_np(h, w, R, center_fraction, kind, seed))
 
 
 def achieved_acceleration(mask) -> float:
@@ -376,7 +376,7 @@ class MaskBank:
     Banks are cached per process by their arguments.
 
     Args:
-        acceleration: R in [1, 20].
+        R: the acceleration, in [1, 20].
         shape: image shape ``(H, W)``.
         n: number of masks (>= 1).
         seed: non-negative integer.
@@ -392,7 +392,7 @@ class MaskBank:
 
     def __init__(
         self,
-        acceleration,
+        R,
         shape,
         n: int = 100,
         seed: int = 0,
@@ -401,7 +401,7 @@ class MaskBank:
         calib=None,
         center_fraction: float = 0.08,
     ):
-        self.acceleration = check_acceleration(acceleration)
+        self.R = check_acceleration(R)
         self.shape = check_shape2d(shape, "shape")
         self.n = check_int(n, "n", low=1)
         self.seed = _check_seed(seed)
@@ -413,7 +413,7 @@ class MaskBank:
         else:
             self.calib = None
             self.center_fraction = check_float(center_fraction, "center_fraction", low=0.0, high=1.0, low_open=True)
-        key = (self.kind, self.acceleration, self.shape, self.n, self.seed, self.split, self.calib, self.center_fraction)
+        key = (self.kind, self.R, self.shape, self.n, self.seed, self.split, self.calib, self.center_fraction)
         if key not in _BANK_CACHE:
             _BANK_CACHE[key] = self._generate()
         masks, seeds = _BANK_CACHE[key]
@@ -423,9 +423,9 @@ class MaskBank:
     def _one(self, s: int) -> np.ndarray:
         h, w = self.shape
         if self.kind == "poisson":
-            return poisson_disc(self.shape, self.acceleration, calib=self.calib, seed=s).numpy()
+            return poisson_disc(self.shape, self.R, calib=self.calib, seed=s).numpy()
         kind = "random" if self.kind == "cartesian_random" else "equispaced"
-        return _cartesian_np(h, w, self.acceleration, self.center_fraction, kind, s)
+        return _cartesian_np(h, w, self.R, self.center_fraction, kind, s)
 
     def _generate(self) -> tuple[torch.Tensor, tuple[int, ...]]:
         ss = np.random.SeedSequence(self.seed, spawn_key=(_SPLIT_KEY[self.split],))
@@ -438,7 +438,7 @@ class MaskBank:
         from .utils import progress
 
         it = iter(stream)
-        for _ in progress(range(self.n), desc=f"masks R={self.acceleration:g}", total=self.n, enable=self.n * self.shape[0] * self.shape[1] > 2e6):
+        for _ in progress(range(self.n), desc=f"masks R={self.R:g}", total=self.n, enable=self.n * self.shape[0] * self.shape[1] > 2e6):
             for s in it:
                 m = self._one(s)
                 hsh = _mask_hash(m)
@@ -449,7 +449,7 @@ class MaskBank:
                     break
             else:
                 raise ValueError(
-                    f"n: could not draw {self.n} distinct {self.kind} masks at R = {self.acceleration} "
+                    f"n: could not draw {self.n} distinct {self.kind} masks at R = {self.R} "
                     f"for shape {self.shape}; only {len(masks)} exist in {budget} draws; ask for fewer"
                 )
         return torch.from_numpy(np.stack(masks)), tuple(seeds)
@@ -469,7 +469,7 @@ class MaskBank:
 
     def __repr__(self) -> str:
         return (
-            f"MaskBank(acceleration={self.acceleration:g}, shape={self.shape}, n={self.n}, seed={self.seed}, "
+            f"MaskBank(R={self.R:g}, shape={self.shape}, n={self.n}, seed={self.seed}, "
             f"split={self.split!r}, kind={self.kind!r}, achieved R={self.achieved().mean():.3f})"
         )
 

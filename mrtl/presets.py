@@ -3,7 +3,7 @@
 Every other place reads these values: the defaults of :func:`mrtl.train.train_sequential` and
 :func:`mrtl.train.finetune` (the paper's), ``mrtl.train.PAPER`` / ``mrtl.train.SMALL``, the study
 configs of :mod:`mrtl.experiments.config` (``full`` and ``small`` presets), the command line
-(``mrtl train --acceleration``) and ``configs/*.yaml`` (``tests/test_experiments.py`` checks that
+(``mrtl evaluate --R``) and ``configs/*.yaml`` (``tests/test_experiments.py`` checks that
 every YAML file agrees with these values).
 
 This module imports nothing from mrtl, so any layer may read it.
@@ -36,7 +36,7 @@ PAPER: dict = {
     "model": dict(n_subnets=5, width=64, depth=4, subnet="conv", dc_lam=None),
     "train": dict(epochs_per_subnet=20, lr=1e-4, **_ADAM, batch_size=50),
     "finetune": dict(epochs=100, lr=1e-5, **_ADAM, batch_size=50),
-    "data": dict(size=256, acceleration=DEFAULT_R),
+    "data": dict(size=256, R=DEFAULT_R),
 }
 
 #: The small CPU scale (64 x 64, minutes on two cores) of ``results/small/`` and the book.
@@ -44,7 +44,7 @@ SMALL: dict = {
     "model": dict(n_subnets=3, width=16, depth=4, subnet="conv", dc_lam=None),
     "train": dict(epochs_per_subnet=8, lr=1e-3, **_ADAM, batch_size=8),
     "finetune": dict(epochs=100, lr=1e-3, **_ADAM, batch_size=4),
-    "data": dict(size=64, acceleration=DEFAULT_R),
+    "data": dict(size=64, R=DEFAULT_R),
 }
 
 #: Early stopping of the small scale on validation PSNR (the epoch budgets above are maxima);

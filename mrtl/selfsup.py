@@ -32,6 +32,7 @@ Public API: :func:`split_mask`, :func:`ssdu_loss`, :func:`ssdu_finetune`, :func:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -239,12 +240,12 @@ def as_unsupervised_data(data, name: str = "data", cc: bool = True) -> TrainData
     from .data.train_data import as_train_data
 
     if isinstance(data, TrainData):
-        td = TrainData(data.x_u, data.kspace, data.mask, None, data.maps, data.G_img, data.meta)
+        td = dataclasses.replace(data, reference=None)
     else:
         if data is None or not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
             raise TypeError(f"{name}: expected a dataset (len() and [i] giving samples) or TrainData, got {type(data).__name__}")
         d = as_train_data(_NoReference(data), cc=False, name=name)
-        td = TrainData(d.x_u, d.kspace, d.mask, None, d.maps, d.G_img, d.meta)
+        td = dataclasses.replace(d, reference=None)
     for what, t in (("zero_filled", td.x_u), ("kspace", td.kspace), ("maps", td.maps), ("G_img", td.G_img)):
         _finite(t, what, name)
     if td.mask.ndim == 2:

@@ -3,7 +3,7 @@
 A config file (YAML or JSON) has up to four sections whose keys equal function arguments:
 
 * ``model``: :class:`mrtl.models.Cascade` arguments (plus ``seed`` for the initial weights);
-* ``data``: :func:`build_dataset` arguments (where the images come from, size, acceleration);
+* ``data``: :func:`build_dataset` arguments (where the images come from, size, the acceleration ``R``);
 * ``train``: :func:`mrtl.train.train_sequential` arguments;
 * ``finetune``: :func:`mrtl.train.finetune` arguments.
 
@@ -26,13 +26,13 @@ __all__ = ["add_commands", "load_config", "build_dataset", "DATA_KEYS", "MODEL_K
 
 MODEL_KEYS = ("n_subnets", "coils", "width", "depth", "subnet", "dc_lam", "learn_lam", "residual", "seed")
 DATA_KEYS = (
-    "domain", "path", "format", "split", "val_split", "size", "acceleration", "mask_seed", "n_masks", "mask_kind",
+    "domain", "path", "format", "split", "val_split", "size", "R", "mask_seed", "n_masks", "mask_kind",
     "mask_split", "coils", "noise_std", "augment", "seed", "n", "n_val",
 )
 
 
 def build_dataset(domain: str | None = "t1", path=None, format: str = "photos", split: str = "train", size=64,
-                  acceleration: float = DEFAULT_R, mask_seed: int = 0, n_masks: int = 100, mask_kind: str = "poisson",
+                  R: float = DEFAULT_R, mask_seed: int = 0, n_masks: int = 100, mask_kind: str = "poisson",
                   mask_split: str = "train", coils=None, noise_std: float = 0.0, augment: bool = False, seed: int = 0,
                   n: int | None = None):
     """An ``mrtl.data.UndersampledDataset`` from the bundled data (``domain``) or a folder (``path``).
@@ -42,7 +42,7 @@ def build_dataset(domain: str | None = "t1", path=None, format: str = "photos", 
         path: a folder of photos (``format="photos"``) or NIfTI volumes (``format="nifti"``).
         split: bundled split ("train", "tune", "val", "test", "all").
         size: image side (or (H, W)).
-        acceleration: R of the Poisson-disc mask bank.
+        R: the acceleration of the Poisson-disc mask bank (it travels with every sample, ``Sample.R``).
         mask_seed, n_masks, mask_kind, mask_split: the ``MaskBank`` (train and test banks differ).
         coils: None (single-coil) or "simulate" (multi-coil, simulated coil maps).
         noise_std, augment, seed: as ``UndersampledDataset``.
@@ -69,7 +69,7 @@ def build_dataset(domain: str | None = "t1", path=None, format: str = "photos", 
         check_int(n, "data.n", low=1)
         src = torch.utils.data.Subset(src, range(min(n, len(src))))
         src.subjects = None
-    bank = MaskBank(check_acceleration(acceleration, "data.acceleration"), size, n=n_masks, seed=mask_seed,
+    bank = MaskBank(check_acceleration(R, "data.R"), size, n=n_masks, seed=mask_seed,
                     split=mask_split, kind=mask_kind)
     return UndersampledDataset(src, bank, coils=coils, noise_std=noise_std, augment=augment, seed=seed)
 
@@ -99,6 +99,9 @@ def load_config(path) -> dict:
         if not isinstance(body, dict):
             raise ValueError(f"config: section {sec!r} must be a mapping, got {type(body).__name__}")
         bad = sorted(set(body) - set(valid[sec]))
+        if sec == "data" and "acceleration" in bad:
+            raise ValueError(f"config: data.acceleration in {str(p)!r} is now data.R (one name for the acceleration "
+                             "throughout mrtl); rename the key")
         if bad:
             raise ValueError(f"config: unknown key(s) {bad} in section {sec!r}; valid keys: {sorted(valid[sec])}")
     for sec in ("train", "finetune"):
@@ -191,7 +194,7 @@ def _cmd_evaluate(args) -> int:
     model = model_from_checkpoint(ck)
     data = args.data
     _check_size(ck.get("image_shape"), (args.size, args.size), "--size")
-    kw = dict(split=args.split, size=args.size, acceleration=args.acceleration, mask_seed=args.mask_seed,
+    kw = dict(split=args.split, size=args.size, R=args.R, mask_seed=args.mask_seed,
               mask_split="test", n=args.n, coils="simulate" if model.coils == "multi" else None)
     if Path(data).exists() or "/" in data:
         ds = build_dataset(domain=None, path=data, format=args.format, **kw)
@@ -422,7 +425,7 @@ def add_commands(sub) -> None:
     p.add_argument("--format", default="photos", choices=("photos", "nifti"), help="folder format when --data is a path")
     p.add_argument("--split", default="test", help="bundled split (default test)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (must match the checkpoint)")
-    p.add_argument("--acceleration", type=float, default=float(DEFAULT_R), help=f"acceleration R of the test mask bank (default {DEFAULT_R})")
+    p.add_argument("--R", type=float, default=float(DEFAULT_R), help=f"acceleration R of the test mask bank (default {DEFAULT_R})")
     p.add_argument("--mask-seed", type=int, default=0, help="seed of the test mask bank")
     p.add_argument("--n", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")

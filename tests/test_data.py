@@ -325,6 +325,32 @@ def test_maskbank_from_mrtl_masks(t1_small):
     assert any(torch.equal(s.mask, bank[i]) for i in range(5))
 
 
+def test_R_travels_with_the_sample(t1_small):
+    """R is set once (the bank's) and carried by Sample, collate and TrainData (subsets included):
+    the nominal R, not the mask's achieved one; a bank of plain masks gives each mask's H*W/sampled."""
+    from mrtl.data import as_train_data
+    from mrtl.masks import MaskBank, achieved_acceleration
+
+    bank = MaskBank(6, (32, 32), n=5, seed=0)
+    ds = UndersampledDataset(t1_small, bank)
+    assert ds[0].R == 6.0 and abs(achieved_acceleration(ds[0].mask) - 6) > 1e-6  # nominal, not re-measured
+    batch = collate([ds[0], ds[1]])
+    assert batch.R.dtype == torch.float64 and batch.R.tolist() == [6.0, 6.0]
+    td = as_train_data(ds)
+    assert td.R.tolist() == [6.0] * len(ds)
+    sub = td.subset([2, 0])
+    assert sub.R.tolist() == [6.0, 6.0] and sub.meta[0]["index"] == 2 and torch.equal(sub.mask[1], td.mask[0])
+    masks = _random_masks(3, (32, 32), p=0.25)
+    plain = UndersampledDataset(t1_small, masks, seed=1)
+    for i in range(3):
+        s = plain[i]
+        assert s.R == pytest.approx(32 * 32 / int(s.mask.sum()))
+    bare = type(td)(td.x_u, td.kspace, td.mask, td.reference)  # data that did not carry R: measured
+    torch.testing.assert_close(bare.R, 32 * 32 / td.mask.flatten(1).sum(1).double())
+    with pytest.raises(ValueError, match="^R: "):
+        type(td)(td.x_u, td.kspace, td.mask, td.reference, R=torch.ones(2))
+
+
 def test_dataset_input_validation(t1_small):
     with pytest.raises(ValueError, match="mask_bank"):
         UndersampledDataset(t1_small, _random_masks(2, (16, 16)))[0]

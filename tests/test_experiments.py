@@ -73,7 +73,7 @@ def test_presets_are_defined_once_and_every_config_agrees():
     from mrtl import presets, train, train_cli
 
     assert train.SMALL is presets.SMALL and train.PAPER is presets.PAPER
-    assert inspect.signature(train_cli.build_dataset).parameters["acceleration"].default == presets.DEFAULT_R
+    assert inspect.signature(train_cli.build_dataset).parameters["R"].default == presets.DEFAULT_R
     for scale, cfg in (("small", TransferConfig.small()), ("paper", TransferConfig.full())):
         p = presets.preset(scale)
         m, t, f = p["model"], p["train"], p["finetune"]
@@ -106,7 +106,7 @@ def test_presets_are_defined_once_and_every_config_agrees():
         for phase in phases:  # the settings that matter are written out, not left to other defaults
             need = {"lr", "batch_size", "epochs_per_subnet" if phase == "train" else "epochs"}
             assert need <= set(doc[phase]), (path.name, phase, need - set(doc[phase]))
-        assert doc["data"]["acceleration"] == presets.DEFAULT_R and doc["data"]["size"] == p["data"]["size"]
+        assert doc["data"]["R"] == presets.DEFAULT_R and doc["data"]["size"] == p["data"]["size"]
         if scale == "small" and "finetune" in doc:
             assert doc["data"]["n"] == TransferConfig.small().n_tune
 
@@ -143,7 +143,7 @@ def test_R_is_checked_by_the_one_acceleration_check(monkeypatch):
     seen = []
     real = v.check_acceleration
 
-    def spy(R, name="acceleration", **kw):
+    def spy(R, name="R", **kw):
         seen.append(name)
         return real(R, name, **kw)
 
@@ -151,9 +151,9 @@ def test_R_is_checked_by_the_one_acceleration_check(monkeypatch):
     monkeypatch.setattr(train_cli, "check_acceleration", spy)
     TransferConfig.small()
     assert seen == ["R_list[0]", "R_list[1]"]
-    with pytest.raises(ValueError, match="data.acceleration"):
-        train_cli.build_dataset("t1", split="val", size=32, acceleration=0.5, n=1)
-    assert seen[-1] == "data.acceleration"
+    with pytest.raises(ValueError, match="data.R"):
+        train_cli.build_dataset("t1", split="val", size=32, R=0.5, n=1)
+    assert seen[-1] == "data.R"
 
 
 @pytest.mark.parametrize("bad, exc, words", [

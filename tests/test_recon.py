@@ -577,3 +577,37 @@ def test_cs_default_lambda_per_image_acceleration():
         one = cs_l1_wavelet(k[b], masks[b], n_iter=20).image
         torch.testing.assert_close(both[b], one, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(both[1], cs_l1_wavelet(k[1], masks[1], lam=default_cs_lambda(3.0, 20), n_iter=20).image)
+
+
+def test_recon_defaults_use_the_R_the_data_carry():
+    """cs_l1_wavelet and l1_spirit_pocs take their defaults (lam, n_iter) from the R the data
+    carry (``Sample.R``) instead of re-deriving it from the mask: with R given the result equals
+    the explicit default for that R; without it, the mask's measured R; bad R is refused."""
+    from mrtl.masks import achieved_acceleration, poisson_disc
+    from mrtl.recon.cs import default_cs_lambda
+    from mrtl.recon.spirit import default_spirit_iterations
+
+    k, m, _ = _val_problem("t1", 4, n=2)
+    given = cs_l1_wavelet(k, m, n_iter=20, R=torch.tensor([4.0, 9.0])).image
+    for b, R in enumerate((4.0, 9.0)):
+        torch.testing.assert_close(given[b], cs_l1_wavelet(k[b], m[b], lam=default_cs_lambda(R, 20), n_iter=20).image)
+    measured = cs_l1_wavelet(k, m, n_iter=20).image
+    R0 = achieved_acceleration(m[0])
+    torch.testing.assert_close(measured[0], cs_l1_wavelet(k[0], m[0], lam=default_cs_lambda(R0, 20), n_iter=20).image)
+    assert not torch.allclose(given[1], measured[1])  # R = 9 is not what the mask measures (about 4)
+    with pytest.raises(ValueError, match="^R: "):
+        cs_l1_wavelet(k, m, n_iter=2, R=[4.0, 4.0, 4.0])
+    with pytest.raises(ValueError, match="^R: "):
+        cs_l1_wavelet(k, m, n_iter=2, R=0.5)
+
+    from mrtl.data import bundled
+
+    img = torch.as_tensor(bundled("t1", "val", size=48)[0].image).to(torch.complex64)
+    maps = birdcage_maps(4, (48, 48)).to(torch.complex64)
+    mask = poisson_disc((48, 48), 3, calib=20, seed=0)
+    y = (mask * fft2c(maps * img))[None]
+    for R in (2.0, 8.0):
+        res = l1_spirit_pocs(y, mask, maps=maps, R=R)
+        assert res.history.shape[-1] == default_spirit_iterations(R)
+    with pytest.raises(ValueError, match="^R: "):
+        l1_spirit_pocs(y, mask, maps=maps, R=float("nan"))

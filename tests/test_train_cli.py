@@ -15,7 +15,7 @@ from mrtl.fft import fft2c
 
 TINY = {
     "model": {"n_subnets": 1, "width": 4, "depth": 1, "seed": 0},
-    "data": {"domain": "t1", "size": 32, "acceleration": 3, "n": 8, "n_val": 4, "n_masks": 10},
+    "data": {"domain": "t1", "size": 32, "R": 3, "n": 8, "n_val": 4, "n_masks": 10},
     "train": {"epochs_per_subnet": 1, "lr": 1e-3, "batch_size": 4, "progress_bar": False, "device": "cpu"},
 }
 
@@ -37,7 +37,7 @@ def test_train_evaluate_reconstruct_finetune(trained, tmp_path, capsys):
     ckpt = str(trained / "run" / "best_pretrain.pt")
     assert (trained / "run" / "log_pretrain.csv").is_file()
     capsys.readouterr()
-    assert main(["evaluate", "--ckpt", ckpt, "--data", "t1", "--size", "32", "--n", "4", "--acceleration", "3",
+    assert main(["evaluate", "--ckpt", ckpt, "--data", "t1", "--size", "32", "--n", "4", "--R", "3",
                  "--output", str(tmp_path / "per_image.csv")]) == 0
     out = capsys.readouterr().out
     assert "network" in out and "zero-filled" in out and "psnr_mean" in out and "ssim_mean" in out
@@ -60,7 +60,7 @@ def test_train_evaluate_reconstruct_finetune(trained, tmp_path, capsys):
     ka = fft2c(torch.from_numpy(a)).numpy()
     np.testing.assert_allclose(ka[:, mask.numpy()], k[:, mask.numpy()], atol=1e-4)
 
-    ft = _write(tmp_path / "ft.yaml", {"data": {"domain": "t1", "split": "tune", "size": 32, "acceleration": 3, "n": 4, "n_val": 4},
+    ft = _write(tmp_path / "ft.yaml", {"data": {"domain": "t1", "split": "tune", "size": 32, "R": 3, "n": 4, "n_val": 4},
                                        "finetune": {"epochs": 1, "lr": 1e-4, "batch_size": 4, "progress_bar": False, "device": "cpu"}})
     assert main(["finetune", "--from", ckpt, "--config", ft, "--out", str(tmp_path / "ft")]) == 0
     assert (tmp_path / "ft" / "best_finetune.pt").is_file()

@@ -1,7 +1,7 @@
 """Bad input gives ValueError/TypeError whose message names the argument (and what was given).
 
 Each row: (id, callable, exception type, regex the message must match). The regex starts with
-the argument's name, as every mrtl message does ("acceleration: expected ..., got ...").
+the argument's name, as every mrtl message does ("R: expected ..., got ...").
 """
 
 import math
@@ -54,10 +54,10 @@ CASES = [
     ("fft-dtype", lambda: fft.ifft2c(torch.ones(4, 4, dtype=torch.int64)), TypeError, r"^k: expected a complex or floating tensor.*int64"),
     ("fft-type", lambda: fft.fft2c([[1.0, 2.0]]), TypeError, r"^x: expected a torch.Tensor or numpy.ndarray, got list"),
     # masks
-    ("R-high", lambda: masks.poisson_disc((64, 64), 25), ValueError, r"^acceleration: expected a number <= 20.0, got 25.0"),
-    ("R-low", lambda: masks.cartesian_1d((64, 64), 0.5), ValueError, r"^acceleration: expected a number >= 1.0, got 0.5"),
-    ("R-nan", lambda: masks.MaskBank(math.nan, (64, 64)), ValueError, r"^acceleration: expected a finite number, got nan"),
-    ("R-type", lambda: masks.poisson_disc((64, 64), "4"), TypeError, r"^acceleration: expected a real number, got str"),
+    ("R-high", lambda: masks.poisson_disc((64, 64), 25), ValueError, r"^R: expected a number <= 20.0, got 25.0"),
+    ("R-low", lambda: masks.cartesian_1d((64, 64), 0.5), ValueError, r"^R: expected a number >= 1.0, got 0.5"),
+    ("R-nan", lambda: masks.MaskBank(math.nan, (64, 64)), ValueError, r"^R: expected a finite number, got nan"),
+    ("R-type", lambda: masks.poisson_disc((64, 64), "4"), TypeError, r"^R: expected a real number, got str"),
     ("shape-nonpositive", lambda: masks.poisson_disc((0, 64), 4), ValueError, r"^shape: expected positive integer sizes, got \(0, 64\)"),
     ("shape-rank", lambda: masks.cartesian_1d((4, 64, 64), 4), ValueError, r"^shape: expected a pair of positive integers \(H, W\), got \(4, 64, 64\)"),
     ("shape-tiny", lambda: masks.poisson_disc((2, 64), 4), ValueError, r"^shape: expected both sides >= 4"),
@@ -267,8 +267,8 @@ def test_acceleration_is_checked_by_one_function():
     offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.name != "_validate.py"
                  for i, line in enumerate(p.read_text().splitlines(), 1) if bare.search(line)]
     assert not offenders, f"R checked with a bare check_float at {offenders}"
-    with pytest.raises(ValueError, match="acceleration"):
+    with pytest.raises(ValueError, match="^R: "):
         mrtl.recon.default_cs_lambda(0.5)
-    with pytest.raises(ValueError, match="acceleration"):
+    with pytest.raises(ValueError, match="^R: "):
         mrtl.recon.spirit.default_spirit_iterations(0.9)
     assert check_acceleration(64.0, high=None) == 64.0  # a measured R may exceed the 20 cap

@@ -34,6 +34,10 @@ class Sample(NamedTuple):
         maps: ``(C, H, W)`` complex64 coil maps, or an empty ``(0, H, W)`` tensor for single-coil.
         subject: subject id.
         source: origin string of the image.
+        R: the acceleration the mask was drawn for: the bank's ``R`` (``mrtl.masks.MaskBank.R``),
+            or, for a bank of plain masks, the mask's achieved ``H * W / sampled``. It travels
+            with the sample (and :class:`~mrtl.data.TrainData`) so that the reconstructions
+            (e.g. ``cs_l1_wavelet(..., R=...)``) use it instead of re-deriving it from the mask.
     """
 
     zero_filled: torch.Tensor
@@ -43,12 +47,14 @@ class Sample(NamedTuple):
     maps: torch.Tensor
     subject: str | list
     source: str | list
+    R: float | torch.Tensor
 
 
 def collate(samples: list[Sample]) -> Sample:
     """Stack samples into a batch: tensors get a leading batch axis, ``subject``/``source`` become lists.
 
-    Use as ``DataLoader(dataset, batch_size=..., collate_fn=collate)``.
+    Use as ``DataLoader(dataset, batch_size=..., collate_fn=collate)``; ``R`` becomes a ``(B,)``
+    float64 tensor.
     """
     if not samples:
         raise ValueError("samples: expected at least one sample, got an empty list")
@@ -60,6 +66,7 @@ def collate(samples: list[Sample]) -> Sample:
         torch.stack([s.maps for s in samples]),
         [s.subject for s in samples],
         [s.source for s in samples],
+        torch.tensor([float(s.R) for s in samples], dtype=torch.float64),
     )
 
 
@@ -184,14 +191,21 @@ class UndersampledDataset(torch.utils.data.Dataset):
     def subjects(self):
         return getattr(self.source, "subjects", None)
 
-    def _mask(self, rng, shape) -> torch.Tensor:
+    def _mask(self, rng, shape) -> tuple[torch.Tensor, float]:
+        """A mask of the bank and its R (the bank's, else the mask's achieved one)."""
         j = int(rng.integers(len(self.mask_bank)))
         m = torch.as_tensor(self.mask_bank[j])
         if m.dtype != torch.bool:
             m = m != 0
         if tuple(m.shape) != tuple(shape):
             raise ValueError(f"mask_bank: mask {j} has shape {tuple(m.shape)} but the images are {tuple(shape)}; build the bank with shape={tuple(shape)}")
-        return m
+        R = getattr(self.mask_bank, "R", None)
+        if R is None:
+            n = int(m.sum())
+            if n == 0:
+                raise ValueError(f"mask_bank: mask {j} samples nothing")
+            R = m.numel() / n
+        return m, float(R)
 
     def _noise(self, rng, shape) -> torch.Tensor:
         if self.noise_std == 0:
@@ -227,7 +241,7 @@ class UndersampledDataset(torch.utils.data.Dataset):
             x = x.to(torch.complex64) if not x.is_complex() else x.to(torch.complex64)
         x = normalize(x)
         H, W = x.shape
-        mask = self._mask(rng, (H, W))
+        mask, R = self._mask(rng, (H, W))
         if self.coils is None:
             A = SingleCoilFourier(mask, validate=False)  # A = M F (Eq. 1)
             k = A.forward(x, validate=False) + mask * self._noise(rng, (H, W))  # y = A x + M n
@@ -242,7 +256,7 @@ class UndersampledDataset(torch.utils.data.Dataset):
             A = MultiCoilFourier(mask, maps, validate=False)  # A = M F S
             k = A.forward(x, validate=False) + mask * self._noise(rng, maps.shape)
             zf = A.adjoint(k, validate=False)
-        return Sample(zf.to(torch.complex64), k.to(torch.complex64), mask, x.to(torch.complex64), maps, rec.subject, rec.source)
+        return Sample(zf.to(torch.complex64), k.to(torch.complex64), mask, x.to(torch.complex64), maps, rec.subject, rec.source, R)
 
     def _real_multicoil(self, rec: CoilRecord, rng) -> Sample:
         if self.coils is not None:
@@ -252,7 +266,7 @@ class UndersampledDataset(torch.utils.data.Dataset):
         ref, scale = normalize(rec.image, return_scale=True)
         kfull = rec.kspace * scale
         C, H, W = kfull.shape
-        mask = self._mask(rng, (H, W))
+        mask, R = self._mask(rng, (H, W))
         k = mask * (kfull + self._noise(rng, (C, H, W)))
         zf = MultiCoilFourier(mask, rec.maps, validate=False).adjoint(k, validate=False)  # A^H y
-        return Sample(zf.to(torch.complex64), k.to(torch.complex64), mask, ref.to(torch.complex64), rec.maps.to(torch.complex64), rec.subject, rec.source)
+        return Sample(zf.to(torch.complex64), k.to(torch.complex64), mask, ref.to(torch.complex64), rec.maps.to(torch.complex64), rec.subject, rec.source, R)

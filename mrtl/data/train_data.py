@@ -24,7 +24,9 @@ class TrainData:
     ``x_u`` zero-filled images ``(N, H, W)``; ``kspace`` ``(N, H, W)`` or ``(N, C, H, W)``;
     ``mask`` ``(N, H, W)`` bool; ``reference`` ``(N, H, W)`` complex; ``maps`` ``(N, C, H, W)``
     or None; ``G_img`` ``(N, C, C, H, W)`` or None; ``meta`` one dict per sample (subject,
-    source)."""
+    source); ``R`` ``(N,)`` float64, the acceleration each mask was drawn for (``Sample.R``;
+    None measures each mask's ``H * W / sampled``). Use :meth:`subset` to select samples
+    (it keeps every field, ``R`` included)."""
 
     x_u: torch.Tensor
     kspace: torch.Tensor
@@ -33,6 +35,22 @@ class TrainData:
     maps: Optional[torch.Tensor] = None
     G_img: Optional[torch.Tensor] = None
     meta: Optional[list] = None
+    R: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        n = int(self.x_u.shape[0])
+        if self.R is None:  # data that did not carry their R: measure it from the masks
+            m = torch.as_tensor(self.mask)
+            m = m.expand(n, *m.shape[-2:]) if m.ndim == 2 else m
+            sampled = m.reshape(m.shape[0], -1).sum(1).to(torch.float64)
+            self.R = ((m.shape[-2] * m.shape[-1]) / sampled.clamp_min(1)).cpu()
+        else:
+            R = torch.as_tensor(self.R, dtype=torch.float64)
+            self.R = R.reshape(1).expand(n).clone() if R.numel() == 1 else R.reshape(-1)
+            if self.R.numel() != n:
+                raise ValueError(f"R: expected one acceleration per sample ({n}), got {R.numel()} values")
+            if not bool(torch.isfinite(self.R).all()) or bool((self.R < 1).any()):
+                raise ValueError(f"R: expected finite values >= 1, got {self.R.tolist()}")
 
     def __len__(self) -> int:
         return int(self.x_u.shape[0])
@@ -49,7 +67,18 @@ class TrainData:
 
     def to(self, device) -> "TrainData":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TrainData(mv(self.x_u), mv(self.kspace), mv(self.mask), mv(self.reference), mv(self.maps), mv(self.G_img), self.meta)
+        return TrainData(mv(self.x_u), mv(self.kspace), mv(self.mask), mv(self.reference), mv(self.maps), mv(self.G_img),
+                         self.meta, self.R)  # R stays a CPU tensor: it is metadata, not model input
+
+    def subset(self, idx) -> "TrainData":
+        """The samples ``idx`` (an index tensor, list or slice), every field (``meta``, ``R``) kept."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        sel = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+        meta = None if self.meta is None else [self.meta[int(i)] for i in idx]
+        return TrainData(sel(self.x_u), sel(self.kspace), sel(self.mask), sel(self.reference), sel(self.maps),
+                         sel(self.G_img), meta, self.R[idx])
 
 
 def _field(sample, name):
@@ -96,7 +125,7 @@ def as_train_data(dataset, cc: bool = True, name: str = "dataset") -> TrainData:
     n = len(dataset)
     if n == 0:
         raise ValueError(f"{name}: the dataset is empty")
-    xs, ks, ms, rs, maps, gs, meta = [], [], [], [], [], [], []
+    xs, ks, ms, rs, maps, gs, meta, Rs = [], [], [], [], [], [], [], []
     for i in range(n):
         s = dataset[i]
         for f in ("zero_filled", "kspace", "mask", "reference"):
@@ -111,6 +140,7 @@ def as_train_data(dataset, cc: bool = True, name: str = "dataset") -> TrainData:
         g = _field(s, "G_img")
         gs.append(None if g is None else _to_complex(g, "G_img"))
         meta.append({"index": i, "subject": _field(s, "subject"), "source": _field(s, "source")})
+        Rs.append(_field(s, "R"))
     shapes = {tuple(x.shape) for x in xs}
     if len(shapes) != 1:
         raise ValueError(f"{name}: all images must have one size, got {sorted(shapes)}")
@@ -132,7 +162,11 @@ def as_train_data(dataset, cc: bool = True, name: str = "dataset") -> TrainData:
     G = None if any(g is None for g in gs) else torch.stack(gs)
     if kspace.ndim == 4 and G is None and cc:
         G = calibrate_G(kspace, mask)
-    data = TrainData(x_u, kspace, mask, ref, maps_t, G, meta)
+    if any(r is None for r in Rs):  # records without R: measured from their masks
+        R = None
+    else:
+        R = torch.tensor([float(r) for r in Rs], dtype=torch.float64)
+    data = TrainData(x_u, kspace, mask, ref, maps_t, G, meta, R)
     _check_finite_data(data, name)
     return data
 

@@ -168,13 +168,7 @@ def _coil_source_types() -> tuple:
 
 def subset_data(data, n: int):
     """The first ``n`` samples of a ``TrainData`` spread evenly (same indices for every call)."""
-    from ..train import TrainData
-
-    idx = torch.as_tensor(spread(len(data), n), dtype=torch.long)
-    sel = lambda t: None if t is None else t[idx]  # noqa: E731
-    meta = None if data.meta is None else [data.meta[i] for i in idx.tolist()]
-    return TrainData(sel(data.x_u), sel(data.kspace), sel(data.mask), sel(data.reference), sel(data.maps),
-                     sel(data.G_img), meta)
+    return data.subset(torch.as_tensor(spread(len(data), n), dtype=torch.long))
 
 
 def new_cascade(cfg: StudyConfig, coils: str = "single", seed: int = 0):
@@ -353,7 +347,8 @@ def select_cs(val, cfg, tracker: Tracker | None = None, R: int = 0) -> dict:
 
     dev = _recon_device(cfg)
     grid = {"lam": list(cfg.cs_lam_grid), "n_iter": list(cfg.cs_iter_grid)}
-    best, table = select_parameters(cs_l1_wavelet, val.kspace.to(dev), val.mask.to(dev), val.reference.to(dev), grid=grid)
+    best, table = select_parameters(cs_l1_wavelet, val.kspace.to(dev), val.mask.to(dev), val.reference.to(dev), grid=grid,
+                                    R=val.R)  # the R the data carry (used only by a grid without lam)
     if tracker is not None:
         tracker.selections.append(dict(seed=cfg.seed, R=int(R), what="CS", network="CS", grid=json.dumps(grid),
                                        val_psnr=table.to_json(orient="records"), chosen=json.dumps(best)))
@@ -366,7 +361,7 @@ def cs_records(data, cfg, lam: float, n_iter: int) -> tuple[list[dict], float]:
 
     t0 = time.perf_counter()
     dev = _recon_device(cfg)
-    res = cs_l1_wavelet(data.kspace.to(dev), data.mask.to(dev), lam=lam, n_iter=n_iter)
+    res = cs_l1_wavelet(data.kspace.to(dev), data.mask.to(dev), lam=lam, n_iter=n_iter, R=data.R)
     return score(res.image, data), time.perf_counter() - t0
 
 

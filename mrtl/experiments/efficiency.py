@@ -24,6 +24,7 @@ The compute each method used (training seconds) is recorded per seed, R and Ntun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -99,10 +100,7 @@ def _tune_source(cfg: EfficiencyConfig, n: int):
 def _without_reference(data):
     """``data`` with its fully sampled images replaced by NaN: what the self-supervised methods
     get, so that any read of the reference would poison the loss instead of passing silently."""
-    from ..train import TrainData
-
-    return TrainData(data.x_u, data.kspace, data.mask, torch.full_like(data.reference, float("nan")), data.maps,
-                     data.G_img, data.meta)
+    return dataclasses.replace(data, reference=torch.full_like(data.reference, float("nan")))
 
 
 # ------------------------------------------------------------------------ networks

@@ -64,7 +64,7 @@ DEFAULT_CS_ITERATIONS = 200
 _LAM_C, _LAM_R_EXP, _LAM_ITER_EXP = 2.5e-4, 0.75, 1.5
 
 
-def default_cs_lambda(acceleration, n_iter: int = DEFAULT_CS_ITERATIONS) -> float:
+def default_cs_lambda(R, n_iter: int = DEFAULT_CS_ITERATIONS) -> float:
     """The default relative L1-wavelet weight of :func:`cs_l1_wavelet` (FISTA).
 
     ``lam = 2.5e-4 * (R / 4) ** 0.75 * (200 / n) ** 1.5`` with ``n = n_iter`` clipped to
@@ -92,24 +92,40 @@ def default_cs_lambda(acceleration, n_iter: int = DEFAULT_CS_ITERATIONS) -> floa
     shrinking towards zero, which only noiseless data would reward.
 
     Args:
-        acceleration: ``R`` (float >= 1, or a tensor of per-image values).
+        R: the acceleration (float >= 1, or a tensor of per-image values).
         n_iter: FISTA iterations.
 
     Returns:
-        ``lam`` (float, or a float64 tensor like ``acceleration``).
+        ``lam`` (float, or a float64 tensor like ``R``).
     """
     n_iter = check_int(n_iter, "n_iter", low=1)
-    if isinstance(acceleration, torch.Tensor):
-        if not bool(torch.isfinite(acceleration).all()) or bool((acceleration < 1).any()):
-            raise ValueError(f"acceleration: expected finite values >= 1, got {acceleration}")
-        R = acceleration.to(torch.float64)
+    if isinstance(R, torch.Tensor):
+        if not bool(torch.isfinite(R).all()) or bool((R < 1).any()):
+            raise ValueError(f"R: expected finite values >= 1, got {R}")
+        R = R.to(torch.float64)
     else:
-        R = check_acceleration(acceleration, high=None)  # mrtl's one R check; no cap: any mask's achieved R
+        R = check_acceleration(R, high=None)  # mrtl's one R check; no cap: any mask's achieved R
     n = min(max(float(n_iter), 80.0), 200.0)
     lam = _LAM_C * (R / 4.0) ** _LAM_R_EXP * (200.0 / n) ** _LAM_ITER_EXP
     if isinstance(lam, torch.Tensor):
         return lam.clamp(1e-4, 1e-2)
     return float(min(max(lam, 1e-4), 1e-2))
+
+
+def _per_image_R(R, m: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(B,)`` float64 R of each image: the given ``R`` (a float or ``(B,)``), else measured from its mask."""
+    if R is None:
+        return m.shape[-2] * m.shape[-1] / m.sum(dim=(-2, -1)).to(torch.float64)
+    if isinstance(R, (int, float)) and not isinstance(R, bool):
+        return torch.full((batch,), check_acceleration(R, high=None), dtype=torch.float64, device=m.device)
+    R = torch.as_tensor(R, dtype=torch.float64).flatten()
+    if R.numel() == 1:
+        R = R.expand(batch)
+    if R.numel() != batch:
+        raise ValueError(f"R: expected a float or one value per image ({batch}), got {R.numel()} values")
+    if not bool(torch.isfinite(R).all()) or bool((R < 1).any()):
+        raise ValueError(f"R: expected finite values >= 1, got {R.tolist()}")
+    return R.to(m.device)
 
 
 class CSResult(NamedTuple):
@@ -174,6 +190,7 @@ def cs_l1_wavelet(
     seed: int = 0,
     progress: bool = False,
     threads=None,
+    R=None,
 ) -> CSResult:
     """L1-wavelet compressed-sensing reconstruction of single-coil data (Eq. 2).
 
@@ -185,8 +202,8 @@ def cs_l1_wavelet(
         mask: ``(H, W)`` or ``(B, H, W)`` boolean sampling mask.
         lam: L1-wavelet weight relative to ``max |A^H y|`` per image (see the module
             docstring); the paper's value is 1e-3. ``lam >= 0``. None (default): with FISTA
-            :func:`default_cs_lambda` of each image's acceleration (from its mask) and
-            ``n_iter``, chosen on validation slices; with NLCG the paper's 1e-3.
+            :func:`default_cs_lambda` of each image's acceleration (``R``) and ``n_iter``,
+            chosen on validation slices; with NLCG the paper's 1e-3.
         n_iter: number of iterations (default 200, chosen with the default lam; the paper:
             80 for T1, 120 for T2). ``n_iter >= 1``.
         wavelet: a Daubechies/orthogonal wavelet name understood by pywt (paper: ``"db4"``).
@@ -206,6 +223,9 @@ def cs_l1_wavelet(
         threads: CPU threads for the iterations (restored afterwards): None follows
             ``MRTL_RECON_THREADS`` or :data:`mrtl.recon._common.DEFAULT_RECON_THREADS` (1; see
             ``benchmarks/bench_recon.py --threads``), an integer sets it, ``"torch"`` keeps torch's.
+        R: the acceleration of each image, for the default ``lam`` only: a float or a ``(B,)``
+            tensor, as a dataset carries it (``Sample.R``, ``TrainData.R``: the R its mask bank
+            was drawn for). None measures it from each mask (``H * W / sampled``).
 
     Returns:
         :class:`CSResult` ``(image, history)``; ``image`` has the input's batch layout and
@@ -234,8 +254,8 @@ def cs_l1_wavelet(
     x0 = A.adjoint(y, validate=False)  # the zero-filled A^H y
     scale = x0.abs().amax(dim=(-2, -1)).to(torch.float64)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    if lam is None:  # the validated default: per image, from its mask's acceleration
-        R = m.shape[-2] * m.shape[-1] / m.sum(dim=(-2, -1)).to(torch.float64)
+    R = _per_image_R(R, m, y.shape[0])  # the R the data carry (checked), else measured from the masks
+    if lam is None:  # the validated default, per image
         lam = default_cs_lambda(R, n_iter) if method == "fista" else 1e-3
     lam_b = lam * scale
     tv_b = tv * scale if tv > 0 else None

@@ -68,13 +68,13 @@ PAPER_R = (2.0, 4.0, 6.0, 8.0, 10.0)
 PAPER_ITERS = (20, 30, 45, 65, 80)
 
 
-def default_spirit_iterations(acceleration: float) -> int:
+def default_spirit_iterations(R: float) -> int:
     """The paper's L1-SPIRiT iteration count for acceleration ``R``.
 
     ``[20, 30, 45, 65, 80]`` for ``R = [2, 4, 6, 8, 10]``; linear interpolation in between,
     clamped outside.
     """
-    R = check_acceleration(acceleration, high=None)  # mrtl's one R check; no cap: any mask's achieved R
+    R = check_acceleration(R, high=None)  # mrtl's one R check; no cap: any mask's achieved R
     return int(round(float(np.interp(R, PAPER_R, PAPER_ITERS))))
 
 
@@ -404,6 +404,7 @@ def l1_spirit_pocs(
     progress: bool = False,
     stabilize: bool = True,
     threads=None,
+    R=None,
 ) -> SpiritResult:
     """L1-SPIRiT by projection onto convex sets (Eq. 3), as Lustig's ``pocsSPIRiT``.
 
@@ -425,7 +426,7 @@ def l1_spirit_pocs(
             ``(B, C, C, k, k)``); None calibrates one per image with the paper's settings
             (7 x 7, Tikhonov 1e-2).
         lam: relative L1 weight (the paper: 1e-3); 0 gives plain POCS SPIRiT.
-        n_iter: iterations; None uses the paper's schedule for the mask's acceleration
+        n_iter: iterations; None uses the paper's schedule for the acceleration ``R``
             (:func:`default_spirit_iterations`).
         wavelet: wavelet name (``"db4"``).
         maps: ``(C, H, W)`` or ``(B, C, H, W)`` coil maps for the final combination; None
@@ -444,6 +445,9 @@ def l1_spirit_pocs(
         threads: CPU threads for the iteration (restored afterwards): None follows
             ``MRTL_RECON_THREADS`` or :data:`mrtl.recon._common.DEFAULT_RECON_THREADS` (1; see
             ``benchmarks/bench_recon.py --threads``), an integer sets it, ``"torch"`` keeps torch's.
+        R: the acceleration, for the default ``n_iter`` only: a float (or a tensor of per-image
+            values, whose mean is used: one schedule for the batch), as a dataset carries it
+            (``Sample.R``, ``TrainData.R``). None measures it from the masks (all pixels / sampled).
 
     Returns:
         :class:`SpiritResult`.
@@ -454,10 +458,20 @@ def l1_spirit_pocs(
             no image is returned.
     """
     with recon_threads(threads):
-        return _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, level, progress, stabilize)
+        return _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, level, progress, stabilize, R)
 
 
-def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, level, progress, stabilize) -> SpiritResult:
+def _batch_R(R) -> float:
+    """One R for a batch: a float, or the mean of per-image values; checked by ``check_acceleration``."""
+    if isinstance(R, (int, float)) or R is None:
+        return R
+    R = torch.as_tensor(R, dtype=torch.float64)
+    if R.numel() == 0:
+        raise ValueError("R: expected a float or per-image values, got an empty array")
+    return float(R.mean()) if bool(torch.isfinite(R).all()) else float("nan")
+
+
+def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, level, progress, stabilize, R) -> SpiritResult:
     if kernel is None and maps is None and getattr(kspace, "ndim", None) == 3:
         raise ValueError(
             f"kspace: an unbatched {tuple(kspace.shape)} array would be read as {kspace.shape[0]} coils of one image, "
@@ -469,9 +483,11 @@ def _l1_spirit_pocs(kspace, mask, kernel, lam, n_iter, wavelet, maps, calib, lev
     lam = check_float(lam, "lam", low=0.0)
     B, C, H, W = y.shape
     check_level(y.shape, wavelet, level)
+    R = _batch_R(R)
+    if R is not None:
+        R = check_acceleration(R, high=None)
     if n_iter is None:
-        R = float(H * W * m.shape[0]) / float(m.sum())
-        n_iter = default_spirit_iterations(R)
+        n_iter = default_spirit_iterations(float(H * W * m.shape[0]) / float(m.sum()) if R is None else R)
     n_iter = check_int(n_iter, "n_iter", low=1)
     y = y * m
     if kernel is None:
