@@ -854,7 +854,7 @@ def test_multicoil_spirit_baseline_chooses_the_clipping_on_validation():
     search picks it (a baseline with the clipping forced on would be handicapped)."""
     import mrtl.experiments._common as C
     from mrtl.experiments.config import MulticoilConfig
-    from mrtl.experiments.multicoil import _mc_data, _spirit_or_nan
+    from mrtl.experiments.multicoil import _mc_data, _spirit
     from mrtl.recon import select_parameters
 
     cfg = MulticoilConfig.small().replace(seed=0)
@@ -862,7 +862,7 @@ def test_multicoil_spirit_baseline_chooses_the_clipping_on_validation():
     val = _mc_data(C.get_source("t1", "val", cfg, 6), 4, cfg, "val", 4000, "zero")
     grid = {"kernel_size": [3], "lam": [1e-3], "n_iter": [30], "stabilize": [True, False]}
     with pytest.warns(UserWarning):  # the calibration note: G amplifies (gain > 1)
-        best, tab = select_parameters(_spirit_or_nan, val.kspace, val.mask, val.reference, grid=grid, maps=val.maps)
+        best, tab = select_parameters(_spirit, val.kspace, val.mask, val.reference, grid=grid, maps=val.maps)
     by = {bool(r["stabilize"]): float(r["psnr_mean"]) for _, r in tab.iterrows()}
     assert best["stabilize"] is False or best["stabilize"] == False  # noqa: E712
     assert by[False] > by[True] + 1.0, by

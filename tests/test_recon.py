@@ -500,6 +500,37 @@ def test_select_parameters_finds_the_best(t1_problem):
         select_parameters(cs_l1_wavelet, y, mask, ref, grid={"lam": []})
 
 
+def test_select_parameters_rejects_diverging_settings(t1_problem):
+    """A setting whose reconstruction diverges (a FloatingPointError such as SpiritDivergenceError)
+    is recorded as rejected (NaN PSNR, its reason) and never chosen, even where it would have
+    been the best; the others are ranked as without it. Every setting rejected is an error;
+    other exceptions are not swallowed."""
+    from mrtl.recon.spirit import SpiritDivergenceError
+
+    ref, y, mask = t1_problem
+    grid = {"lam": [1e-6, 1e-3, 1.0], "n_iter": [30]}
+
+    def diverges_at(bad):
+        def fn(k, m, lam, n_iter):
+            if lam == bad:
+                raise SpiritDivergenceError(f"energy grew at lam {lam}")
+            return cs_l1_wavelet(k, m, lam=lam, n_iter=n_iter)
+        return fn
+
+    plain, ptab = select_parameters(cs_l1_wavelet, y[:1], mask, ref[:1], grid=grid)
+    best, table = select_parameters(diverges_at(plain["lam"]), y[:1], mask, ref[:1], grid=grid)
+    assert best["lam"] != plain["lam"]
+    rej = table[table["rejected"] != ""]
+    assert len(rej) == 1 and float(rej["lam"].iloc[0]) == plain["lam"] and np.isnan(rej["psnr_mean"].iloc[0])
+    assert "SpiritDivergenceError" in rej["rejected"].iloc[0] and table.index[table["rejected"] != ""][0] == 2
+    ok = table[table["rejected"] == ""]
+    assert best["lam"] == float(ok["lam"].iloc[0]) and ok["psnr_mean"].iloc[0] == ptab["psnr_mean"].iloc[1]
+    with pytest.raises(RuntimeError, match="every one of the 1 combinations"):
+        select_parameters(diverges_at(1e-3), y[:1], mask, ref[:1], grid={"lam": [1e-3], "n_iter": [30]})
+    with pytest.raises(SpiritDivergenceError):
+        select_parameters(diverges_at(1e-3), y[:1], mask, ref[:1], grid={"lam": [1e-3], "n_iter": [30]}, reject=())
+
+
 def test_fast_soft_thresholds_equal_the_prox():
     """The solvers' in-place soft-thresholds equal the reference prox ``_common.soft_threshold``."""
     from mrtl.recon._common import soft_threshold

@@ -24,7 +24,8 @@ def _psnr(recon: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return psnr(recon, ref=ref)
 
 
-def select_parameters(fn: Callable, kspace, mask, ref, grid: dict | None = None, **kwargs):
+def select_parameters(fn: Callable, kspace, mask, ref, grid: dict | None = None,
+                      reject: tuple = (FloatingPointError,), **kwargs):
     """Grid search for the parameters of a reconstruction that maximise the mean PSNR.
 
     Args:
@@ -35,11 +36,20 @@ def select_parameters(fn: Callable, kspace, mask, ref, grid: dict | None = None,
         grid: ``{name: [values, ...]}``; every combination is tried. None uses
             ``DEFAULT_GRIDS["spirit"]`` for :func:`l1_spirit_pocs` and ``DEFAULT_GRIDS["cs"]``
             otherwise.
+        reject: exception types that reject a combination instead of stopping the search: a
+            setting whose iteration diverges (:class:`mrtl.recon.spirit.SpiritDivergenceError` is a
+            ``FloatingPointError``, e.g. L1-SPIRiT without clipping and a kernel too large for
+            the calibration square) is recorded with ``psnr_mean`` NaN and its reason, and is
+            never chosen. ``()`` lets every exception through.
         **kwargs: fixed arguments passed to ``fn``.
 
     Returns:
         ``(best, table)``: the best parameter dict and a ``pandas.DataFrame`` with one row per
-        combination (the parameters, ``psnr_mean``, ``psnr_std``), sorted by decreasing PSNR.
+        combination (the parameters, ``psnr_mean``, ``psnr_std``, ``rejected``: the reason, or
+        ``""``), sorted by decreasing PSNR, rejected combinations last.
+
+    Raises:
+        RuntimeError: every combination was rejected (the message gives the last reason).
     """
     import pandas as pd
 
@@ -53,15 +63,27 @@ def select_parameters(fn: Callable, kspace, mask, ref, grid: dict | None = None,
     for k, v in grid.items():
         if not isinstance(v, (list, tuple)) or len(v) == 0:
             raise ValueError(f"grid: the values for {k!r} must be a non-empty list, got {v!r}")
+    if not (isinstance(reject, tuple) and all(isinstance(e, type) and issubclass(e, BaseException) for e in reject)):
+        raise TypeError(f"reject: expected a tuple of exception types, got {reject!r}")
     names = list(grid)
     rows = []
     for values in itertools.product(*(grid[n] for n in names)):
         params = dict(zip(names, values))
-        out = fn(kspace, mask, **params, **kwargs)
+        try:
+            out = fn(kspace, mask, **params, **kwargs)
+        except reject as e:  # e.g. a diverging iteration: this setting is rejected, the search goes on
+            rows.append({**params, "psnr_mean": float("nan"), "psnr_std": float("nan"),
+                         "rejected": f"{type(e).__name__}: {e}"})
+            continue
         img = getattr(out, "image", out)
         p = _psnr(img.reshape(ref.shape).to(ref.device), ref).double().reshape(-1)
-        rows.append({**params, "psnr_mean": float(p.mean()), "psnr_std": float(p.std()) if p.numel() > 1 else 0.0})
-    table = pd.DataFrame(rows).sort_values("psnr_mean", ascending=False, kind="stable").reset_index(drop=True)
+        rows.append({**params, "psnr_mean": float(p.mean()), "psnr_std": float(p.std()) if p.numel() > 1 else 0.0,
+                     "rejected": ""})
+    if all(r["rejected"] for r in rows):
+        raise RuntimeError(f"select_parameters: every one of the {len(rows)} combinations of {grid} was rejected; "
+                           f"the last: {rows[-1]['rejected']}")
+    table = pd.DataFrame(rows).sort_values("psnr_mean", ascending=False, kind="stable", na_position="last")
+    table = table.reset_index(drop=True)
     best = {n: table.loc[0, n] for n in names}
     best = {n: (type(grid[n][0])(v) if isinstance(grid[n][0], (int, float)) else v) for n, v in best.items()}
     return best, table
