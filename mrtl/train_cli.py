@@ -134,7 +134,7 @@ def _datasets(data_cfg: dict, default_split: str, n_key_default=None):
     main = build_dataset(**d)
     val = None
     if val_split and d.get("path") is None:
-        dv = dict(d, split=val_split, n=n_val, mask_split="test")
+        dv = dict(d, split=val_split, n=n_val, mask_split="val")  # its own masks: the test bank stays unseen
         val = build_dataset(**dv)
     return main, val
 
@@ -150,7 +150,10 @@ def _cmd_train(args) -> int:
     from .train import train_sequential
 
     cfg = load_config(args.config)
-    model = Cascade(**cfg.get("model", {}))
+    # the weights are seeded like everything else: model.seed, else the training seed
+    model_cfg = dict(cfg.get("model", {}))
+    model_cfg.setdefault("seed", cfg.get("train", {}).get("seed", 0))
+    model = Cascade(**model_cfg)
     train_set, val_set = _datasets(cfg.get("data", {}), "train")
     kw = dict(cfg.get("train", {}))
     if args.out:

@@ -185,3 +185,30 @@ def test_reconstruct_streams_batches_and_equals_the_whole_array(trained, tmp_pat
     assert main(["reconstruct", "--ckpt", ckpt, "--input", str(tmp_path / "bad.npy"), "--mask", str(tmp_path / "m.npy"),
                  "--output", str(tmp_path / "o3.npy"), "--batch-size", "3"]) != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_train_seeds_the_model_and_validates_on_its_own_masks(tmp_path, monkeypatch):
+    """``mrtl train`` without ``model.seed`` still gives the same initial weights every time (the
+    training seed seeds them), and its validation set draws from the 'val' mask bank, never the
+    test bank that ``mrtl evaluate`` uses."""
+    import mrtl.train
+    from mrtl.masks import MaskBank
+
+    seen = []
+
+    def capture(model, train_set, val_set, **kw):
+        seen.append(({k: v.clone() for k, v in model.state_dict().items()}, val_set))
+        return {"history": [], "stages": {}}
+
+    monkeypatch.setattr(mrtl.train, "train_sequential", capture)
+    cfg = {**TINY, "model": {k: v for k, v in TINY["model"].items() if k != "seed"}}
+    for i in range(2):
+        torch.manual_seed(100 + i)  # a different global RNG state each time
+        assert main(["train", "--config", _write(tmp_path / f"c{i}.yaml", cfg), "--out", str(tmp_path / f"o{i}")]) == 0
+    (w0, val), (w1, _) = seen
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    d = TINY["data"]
+    test_bank = MaskBank(d["R"], (d["size"], d["size"]), n=d["n_masks"], seed=0, split="test")
+    val_masks = {val.mask_bank.masks[i].numpy().tobytes() for i in range(len(val.mask_bank))}
+    assert val.mask_bank.split == "val"
+    assert not val_masks & {m.numpy().tobytes() for m in test_bank.masks}
