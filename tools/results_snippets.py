@@ -166,6 +166,23 @@ def _lr_choices(sel: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _grid_edges_md(path: Path) -> list[str]:
+    """One paragraph from ``benchmarks/grid_edges.py``: the validation PSNR one step beyond the
+    edge of each grid whose choice sat on the edge."""
+    if not path.is_file():
+        return []
+    g = pd.read_csv(path)
+    parts = [f"{r.setting.split(' (')[0]} {r.beyond_edge:g} instead of {r.chosen:g}: {r.beyond_minus_chosen_dB:+.2f} dB"
+             for r in g.itertuples()]
+    return ["", "Most of these choices sit on the edge of their grid. `benchmarks/grid_edges.py` repeated the seed-0, "
+            "R = 4 choices one step beyond the edge, on the same validation slices (the runs at the chosen values "
+            "reproduce the recorded validation PSNR): " + "; ".join(parts) +
+            f" (`results/defaults/grid_edges.csv`). One step beyond, validation PSNR is lower in "
+            f"{int((g.beyond_minus_chosen_dB < 0).sum())} of {len(g)} cases and at most "
+            f"{max(0.0, g.beyond_minus_chosen_dB.max()):.2f} dB higher in the others (one seed, one R), so wider "
+            "grids would change little."]
+
+
 def _efficiency_md(t: pd.DataFrame) -> list[str]:
     """Test PSNR (mean ± sd over seeds) per Ntune and method, one block per R."""
     cols = (("Scratch", "-", "from scratch"), ("Natural-trained", "tuned", "natural + supervised"),
@@ -267,6 +284,7 @@ def readme_section(results: Path = SMALL) -> str:
     L += ["", f"Chosen on validation (seeds in order): CS {_cs_choices(tr['selections'], 'CS')}; learning rates "
           f"{_lr_choices(tr['selections'])}. Fine-tuned and from-scratch networks, kept / stopped epoch:", ""]
     L += _stops(tr["training"])
+    L += _grid_edges_md(results.parent / "defaults" / "grid_edges.csv")
     L += ["", "Learning curves, per-seed tables, paired differences and the validation grids are in "
           "`results/small/*/` (`*_curves.png`, `*_training.csv`, `*_selections.csv`, `*_paired.csv`); "
           "chapter 8 of the book discusses them and what differs from the paper. "
