@@ -45,7 +45,7 @@ class TrainData:
             sampled = m.reshape(m.shape[0], -1).sum(1).to(torch.float64)
             self.R = ((m.shape[-2] * m.shape[-1]) / sampled.clamp_min(1)).cpu()
         else:
-            R = torch.as_tensor(self.R, dtype=torch.float64)
+            R = torch.as_tensor(self.R, dtype=torch.float64).cpu()  # metadata: kept on the CPU
             self.R = R.reshape(1).expand(n).clone() if R.numel() == 1 else R.reshape(-1)
             if self.R.numel() != n:
                 raise ValueError(f"R: expected one acceleration per sample ({n}), got {R.numel()} values")
