@@ -192,7 +192,9 @@ def adapt(checkpoint, data, output, R: float = 4, mode: str = "auto", epochs: in
         scale = (percentile99(x_u) / (model.input_p99 or 1.0)).clamp_min(1e-12)  # input scale of the checkpoint
         sc = scale.view(-1, *([1] * (k.ndim - 1)))
         k, x_u = k / sc, x_u / scale.view(-1, 1, 1)
-        pick = lambda idx: TrainData(x_u[idx], k[idx], m[idx], None, None if maps is None else maps[idx])  # noqa: E731
+        R_all = None if found["kind"] == "undersampled" else full.R  # measured R for acquired data, else the bank's
+        pick = lambda idx: TrainData(x_u[idx], k[idx], m[idx], None, None if maps is None else maps[idx],  # noqa: E731
+                                     R=None if R_all is None else R_all[torch.as_tensor(idx, dtype=torch.long)])
         log(f"mrtl adapt: SSDU fine-tuning on {len(tune_idx)} undersampled slices, {len(val_idx)} held out "
             f"(self-validation loss on their held-out k-space)")
         model, hist = ssdu_finetune(model, pick(tune_idx), val=pick(val_idx), epochs=epochs, lr=lr, batch_size=batch_size,

@@ -40,6 +40,9 @@ def test_adapt_supervised_and_ssdu_end_to_end(tmp_path, capsys):
     s2 = json.loads((out2 / "summary.json").read_text())
     assert s2["mode"] == "ssdu" and np.isfinite(s2["val_loss_best"]) and s2["val_loss_best"] <= s2["val_loss_before"]
     assert "self-validation" in capsys.readouterr().out
+    # images with --mode ssdu: simulated undersampling, the slices keep the bank's R
+    assert main(["adapt", "--data", str(imgs), "--output", str(tmp_path / "o3"), "--epochs", "1", "--mode", "ssdu"]) == 0
+    assert json.loads((tmp_path / "o3" / "summary.json").read_text())["mode"] == "ssdu"
     for out in (out1, out2):
         load_model(out / "model.pt")
         recs = sorted((out / "recon").glob("*.npy"))
