@@ -248,68 +248,62 @@ def _one_seed(cfg: EfficiencyConfig, timings: dict):
             td = C.undersampled(_tune_source(cfg, n), R, cfg, "tune", seed_offset=2000)
             ncfg = cfg.replace(ft_epochs=cfg.max_epochs(n))
             search = n == first and R == cfg.R_list[0]
+            def train_method(kind, method, label, name, run):
+                """``run(lr, out_dir)`` trained (its learning rate chosen on validation the first
+                time), timed and checkpointed under ``<name>_lr<lr>``; the network joins ``nets``."""
+                ckpt = lambda lr: _ckpt(cfg, f"{name}_lr{lr:g}")  # noqa: E731
+                t0 = time.perf_counter()
+                net = tr.train(kind, label, R, _timed(lambda lr: run(lr, ckpt(lr)), ckpt, spent))
+                nets.append((key, method, len(td), net))
+                note(method, R, n, t0, search)
+
             if "scratch" in methods:
-                def run_scratch(lr, td=td, n=n, ncfg=ncfg):
-                    return C.finetune(C.new_cascade(cfg, "single", seed=s + 999), td, val, ncfg,
-                                      _ckpt(cfg, f"scratch_R{R}_t{n}_lr{lr:g}"), seed=s + 500 + n, lr=lr)
+                def run_scratch(lr, out_dir):
+                    return C.finetune(C.new_cascade(cfg, "single", seed=s + 999), td, val, ncfg, out_dir,
+                                      seed=s + 500 + n, lr=lr)
 
-                t0 = time.perf_counter()
-                nets.append((key, SCRATCH, len(td), tr.train("scratch", f"Scratch Ntune {n}", R, _timed(
-                    run_scratch, lambda lr, n=n: _ckpt(cfg, f"scratch_R{R}_t{n}_lr{lr:g}"), spent))))
-                note(SCRATCH, R, n, t0, search)
+                train_method("scratch", SCRATCH, f"Scratch Ntune {n}", f"scratch_R{R}_t{n}", run_scratch)
             if "finetune" in methods:
-                def run_ft(lr, td=td, n=n, ncfg=ncfg):
-                    return C.finetune(C.trained_copy(pre), td, val, ncfg, _ckpt(cfg, f"ft_R{R}_t{n}_lr{lr:g}"),
-                                      seed=s + 100 + n, lr=lr)
+                def run_ft(lr, out_dir):
+                    return C.finetune(C.trained_copy(pre), td, val, ncfg, out_dir, seed=s + 100 + n, lr=lr)
 
-                t0 = time.perf_counter()
-                nets.append((key, TUNED, len(td), tr.train("finetune", f"{NAT} fine-tuning Ntune {n}", R, _timed(
-                    run_ft, lambda lr, n=n: _ckpt(cfg, f"ft_R{R}_t{n}_lr{lr:g}"), spent))))
-                note(TUNED, R, n, t0, search)
+                train_method("finetune", TUNED, f"{NAT} fine-tuning Ntune {n}", f"ft_R{R}_t{n}", run_ft)
             if "peft" in methods:
-                def run_peft(lr, td=td, n=n, ncfg=ncfg):
+                def run_peft(lr, out_dir):
                     from ..peft import finetune_peft
 
                     C._no_training("peft")
                     net, hist = finetune_peft(
                         C.trained_copy(pre), td, cfg.peft_which, val=val, epochs=ncfg.ft_epochs, lr=lr,
                         batch_size=min(cfg.ft_batch_size, len(td)), patience=cfg.patience, seed=s + 300 + n,
-                        out_dir=_ckpt(cfg, f"peft_{cfg.peft_which}_R{R}_t{n}_lr{lr:g}"),
-                        resume=cfg.output_dir is not None, device=cfg.device, progress_bar=False)
+                        out_dir=out_dir, resume=cfg.output_dir is not None, device=cfg.device, progress_bar=False)
                     # its epoch is chosen by the validation loss (mrtl.peft); the learning rate, as
                     # every other method's, by the validation PSNR of the network kept
                     stages, _, _ = _ssdu_stage(hist, ncfg.ft_epochs, cfg.patience)
                     score = float(np.mean([r["psnr"] for r in C.evaluate(net, val, cfg)]))
                     return net, stages, score
 
-                t0 = time.perf_counter()
-                nets.append((key, _peft(cfg), len(td), tr.train("peft", f"PEFT ({cfg.peft_which}) Ntune {n}", R, _timed(
-                    run_peft, lambda lr, n=n: _ckpt(cfg, f"peft_{cfg.peft_which}_R{R}_t{n}_lr{lr:g}"), spent))))
-                note(_peft(cfg), R, n, t0, search)
+                train_method("peft", _peft(cfg), f"PEFT ({cfg.peft_which}) Ntune {n}",
+                             f"peft_{cfg.peft_which}_R{R}_t{n}", run_peft)
             if "ssdu" in methods:
                 td_ss = _without_reference(td)
 
-                def ssdu_ckpt(lr, n):
-                    return _ckpt(cfg, f"ssdu_{cfg.ssdu_kind}_rho{cfg.ssdu_rho:g}_k{cfg.ssdu_n_splits}_R{R}_t{n}_lr{lr:g}")
-
-                def run_ssdu(lr, td_ss=td_ss, n=n, ncfg=ncfg):
+                def run_ssdu(lr, out_dir):
                     from ..selfsup import ssdu_finetune
 
                     C._no_training("ssdu")
                     net, hist = ssdu_finetune(
                         C.trained_copy(pre), td_ss, rho=cfg.ssdu_rho, n_splits=cfg.ssdu_n_splits, kind=cfg.ssdu_kind,
                         epochs=ncfg.ft_epochs, lr=lr, batch_size=min(cfg.ft_batch_size, len(td_ss)), val=val_ss,
-                        patience=cfg.patience, seed=s + 700 + n,
-                        out_dir=ssdu_ckpt(lr, n), resume=cfg.output_dir is not None,
+                        patience=cfg.patience, seed=s + 700 + n, out_dir=out_dir, resume=cfg.output_dir is not None,
                         device=cfg.device, progress_bar=False)
                     stages, score, curve = _ssdu_stage(hist, ncfg.ft_epochs, cfg.patience)
                     for row in curve:
                         ss_curves.append(dict(row, seed=s, R=int(R), network=f"SSDU Ntune {n}", lr=float(lr)))
                     return net, stages, score
 
-                t0 = time.perf_counter()
-                nets.append((key, SSDU, len(td), tr.train("ssdu", f"SSDU Ntune {n}", R, _timed(run_ssdu, lambda lr, n=n: ssdu_ckpt(lr, n), spent))))
-                note(SSDU, R, n, t0, search)
+                train_method("ssdu", SSDU, f"SSDU Ntune {n}",
+                             f"ssdu_{cfg.ssdu_kind}_rho{cfg.ssdu_rho:g}_k{cfg.ssdu_n_splits}_R{R}_t{n}", run_ssdu)
             C.log(f"seed {s} R={R}: Ntune {n} trained")
         # ZS-SSL's learning rate, per init, on validation slices (by PSNR against their references,
         # the same rule as every supervised choice; the test scans are never scored before the end)
